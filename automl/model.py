@@ -1,0 +1,116 @@
+"""Networks built from a `ModelConfig` alone (torch only; no Optuna, no MLflow).
+
+A network takes raw inputs (uint8 or float pixels, encoded tabular features) and normalises them
+itself with the training statistics held as buffers, so the saved weights are all that is needed
+to predict. Regression outputs come back in target units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from automl.config import ModelConfig
+
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with per-channel (images) or per-feature statistics held as buffers."""
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        shape = (1, input_shape[0], 1, 1) if len(input_shape) == 3 else (1, *input_shape)
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.mean.dtype) - self.mean) / self.std
+
+
+class Network(nn.Module):
+    """Input normalisation -> optional conv blocks -> dense head -> outputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.normalize = Standardize(config.input_shape)
+        self.features, flat_size = _conv_blocks(config)
+        self.head = _dense_head(config, flat_size)
+        self.regression = config.task == "regression"
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.features(self.normalize(x)))
+        if self.regression:
+            return out.squeeze(-1) * self.target_std + self.target_mean
+        return out
+
+    @torch.no_grad()
+    def set_statistics(
+        self, input_mean: Sequence[float], input_std: Sequence[float],
+        target_mean: float = 0.0, target_std: float = 1.0,
+    ) -> None:
+        """Copy the training split's statistics into the buffers."""
+        shape = self.normalize.mean.shape
+        self.normalize.mean.copy_(torch.tensor(input_mean, dtype=torch.float32).reshape(shape))
+        self.normalize.std.copy_(torch.tensor(input_std, dtype=torch.float32).reshape(shape))
+        self.target_mean.fill_(target_mean)
+        self.target_std.fill_(target_std)
+
+
+def _conv_blocks(config: ModelConfig) -> tuple[nn.Module, int]:
+    """Conv -> [BatchNorm] -> activation -> 2x2 max-pool per block; returns the flattened size."""
+    if config.family != "cnn":
+        size = 1
+        for dim in config.input_shape:
+            size *= dim
+        return nn.Identity(), size
+    channels, height, width = config.input_shape
+    layers: list[nn.Module] = []
+    for out_channels in config.channels:
+        layers.append(nn.Conv2d(channels, out_channels, config.kernel_size,
+                                padding=config.kernel_size // 2, bias=not config.batch_norm))
+        if config.batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(ACTIVATION_MODULES[config.activation]())
+        if min(height, width) >= 2:
+            layers.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        channels = out_channels
+    return nn.Sequential(*layers), channels * height * width
+
+
+def _dense_head(config: ModelConfig, in_features: int) -> nn.Sequential:
+    """Flatten -> (Linear -> [BatchNorm] -> activation -> [Dropout]) per width -> Linear."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in config.widths:
+        layers.append(nn.Linear(in_features, width, bias=not config.batch_norm))
+        if config.batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(ACTIVATION_MODULES[config.activation]())
+        if config.dropout > 0:
+            layers.append(nn.Dropout(config.dropout))
+        in_features = width
+    layers.append(nn.Linear(in_features, config.n_outputs))
+    return nn.Sequential(*layers)
+
+
+def build_model(config: ModelConfig) -> Network:
+    """A freshly initialised network for `config` (seed torch first for reproducible weights)."""
+    return Network(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,581 @@
+"""Studies: storage, sampler and pruner; the trial budget; the worker loop; the final summary.
+
+The study's trial budget is a pool of WAITING trials created once (under a lock), so any number
+of workers on any number of machines run exactly `--trials` trials between them: a worker claims
+a waiting trial atomically and stops when none is left. Each trial is recorded in Optuna and in
+its own MLflow child run, and both are always closed with the trial's true outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import psutil
+import sqlalchemy
+from filelock import FileLock
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.checkpoint import PREPROCESSING, load_checkpoint
+from automl.data import Dataset
+from automl.errors import FatalError, Terminated, TrialFailed, UsageError
+from automl.objective import STORAGE_ERRORS, Objective, release_memory
+from automl.space import PRUNERS, SAMPLERS, SearchSpace, parse_space
+from automl.tracking import (
+    BEST_DIR,
+    BEST_TRIAL_TAG,
+    REASON_TAG,
+    STATE_TAG,
+    WEIGHTS_DIR,
+    Tracker,
+    TrackingError,
+    run_status_for,
+)
+from automl.train import evaluate
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SQLITE_TIMEOUT_S = 120
+# Study user attributes (the study's own record of how it was created)
+SPACE_TEXT, SPACE_SOURCE, SPACE_DIGEST = "automl.space_yaml", "automl.space_source", "automl.space_digest"
+BUDGET, SEED = "automl.n_trials", "automl.seed"
+TRACKING_URI, EXPERIMENT_ID, PARENT_RUN_ID = "automl.tracking_uri", "automl.experiment_id", "automl.parent_run_id"
+# Trial user attributes
+RUN_ID, HOST, PID, PROCESS_START = "mlflow_run_id", "worker_host", "worker_pid", "worker_process_start"
+FAIL_REASON = "fail_reason"
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+
+def check_study_name(name: str) -> str:
+    if not STUDY_NAME.match(name):
+        raise UsageError(
+            f"--study: invalid study name {name!r} (use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit; no path separators or control characters)"
+        )
+    return name
+
+
+def check_storage_url(url: str) -> str:
+    """An SQLAlchemy database URL Optuna's RDB storage can use."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise UsageError(f"--storage: malformed database URL {url!r} (expected e.g. "
+                         "sqlite:///optuna.db or postgresql://user@host/db)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "mysql"):
+        raise UsageError(f"--storage: unsupported database {backend!r} in {url!r} "
+                         "(expected sqlite, postgresql or mysql)")
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"--storage: folder {folder} of {url!r} does not exist")
+    return url
+
+
+def check_tracking_uri(uri: str) -> str:
+    """A tracking URI MLflow understands: a database URL, http(s)://, or file:/path."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme in ("http", "https"):
+        if not re.match(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$", uri):
+            raise UsageError(f"--tracking-uri: malformed URL {uri!r}")
+        return uri
+    if scheme == "file" or scheme == "databricks":
+        return uri
+    if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+        try:
+            sqlalchemy.engine.make_url(uri)
+        except (sqlalchemy.exc.ArgumentError, ValueError):
+            raise UsageError(f"--tracking-uri: malformed database URL {uri!r}") from None
+        return uri
+    raise UsageError(f"--tracking-uri: unsupported URI {uri!r} (expected sqlite:///mlflow.db, "
+                     "http://host:port, postgresql://..., or file:/path)")
+
+
+# --- storage, sampler, pruner ----------------------------------------------------------------------
+
+
+def _sqlite_immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Take SQLite's write lock when a transaction begins, so concurrent processes wait for it
+    (busy timeout) instead of failing with 'database is locked' on a lock upgrade."""
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; SQLite gets a long busy timeout and immediate transactions."""
+    engine_kwargs: dict[str, Any] = {}
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S, "isolation_level": None}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=on_stale,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise FatalError(f"cannot open the Optuna storage {url}: {first}") from None
+    except ImportError as e:
+        raise UsageError(f"--storage: {url}: {e}") from None
+    if is_sqlite:
+        _sqlite_immediate_transactions(storage.engine)
+    return storage
+
+
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[space.sampler](**space.sampler_options, seed=seed)
+
+
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    return PRUNERS[space.pruner](**space.pruner_options)
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study_name: str) -> Iterator[None]:
+    """Serialise budget top-ups and final summaries of one study across processes."""
+    parsed = sqlalchemy.engine.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        with FileLock(f"{parsed.database}.{study_name}.lock", timeout=600):
+            yield
+    elif backend == "postgresql":
+        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+    else:
+        yield
+
+
+# --- the study record ----------------------------------------------------------------------------
+
+
+@dataclass
+class StudyHandle:
+    """A study with what the worker loop needs around it."""
+
+    name: str
+    storage: optuna.storages.RDBStorage
+    space: SearchSpace
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    seed: int
+    experiment_id: str
+    parent_run_id: str
+
+    def load(self) -> optuna.Study:
+        """A fresh Study object (fresh trial cache for the sampler) on the shared storage."""
+        return optuna.load_study(study_name=self.name, storage=self.storage,
+                                 sampler=self.sampler, pruner=self.pruner)
+
+
+def space_of(study: optuna.Study) -> SearchSpace:
+    """The search space a study was created with (workers need no YAML file)."""
+    attrs = study.user_attrs
+    if SPACE_TEXT not in attrs:
+        raise UsageError(f"study {study.study_name!r} was not created by automl (no search space stored)")
+    return parse_space(attrs[SPACE_TEXT], attrs.get(SPACE_SOURCE, "stored search space"))
+
+
+def create_or_load(
+    name: str, storage: optuna.storages.RDBStorage, space: SearchSpace, seed: int
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists with the same space. Returns (study, created)."""
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=space.direction)
+        study.set_user_attr(SPACE_TEXT, space.text)
+        study.set_user_attr(SPACE_SOURCE, space.source)
+        study.set_user_attr(SPACE_DIGEST, space.digest)
+        study.set_user_attr(SEED, seed)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+    stored = study.user_attrs.get(SPACE_DIGEST)
+    if stored is None:
+        # created by another process an instant ago: wait for its attributes
+        for _ in range(50):
+            time.sleep(0.1)
+            stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SPACE_DIGEST)
+            if stored is not None:
+                break
+        study = optuna.load_study(study_name=name, storage=storage)
+    if stored != space.digest:
+        raise UsageError(
+            f"--study: study {name!r} already exists with another search space "
+            f"({study.user_attrs.get(SPACE_SOURCE, 'unknown')}); use another --study name"
+        )
+    return study, False
+
+
+def attach_tracking(study: optuna.Study, tracker: Tracker, params: dict[str, Any]) -> tuple[str, str]:
+    """The study's experiment and parent run, created once and remembered in the study."""
+    attrs = study.user_attrs
+    experiment_id = tracker.experiment_id(study.study_name)
+    parent = attrs.get(PARENT_RUN_ID)
+    if parent is None or tracker.run_status(parent) is None:
+        parent = tracker.start_study_run(experiment_id, study.study_name, params,
+                                         attrs.get(SPACE_TEXT, ""))
+        study.set_user_attr(EXPERIMENT_ID, experiment_id)
+        study.set_user_attr(PARENT_RUN_ID, parent)
+        study.set_user_attr(TRACKING_URI, tracker.uri)
+    return experiment_id, parent
+
+
+def top_up_budget(study: optuna.Study, n_trials: int) -> int:
+    """Queue WAITING trials until the study holds `n_trials` trials in all. Returns how many were queued.
+
+    Call under `budget_lock`: the count and the queueing must not interleave with another process.
+    """
+    study.set_user_attr(BUDGET, n_trials)
+    existing = len(study.get_trials(deepcopy=False))
+    for _ in range(n_trials - existing):
+        study.enqueue_trial({}, skip_if_exists=False)
+    return max(0, n_trials - existing)
+
+
+# --- sweeping up after dead workers ----------------------------------------------------------------
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return started is None or abs(process.create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tracker,
+          parent_run_id: str, experiment_id: str) -> int:
+    """Fail trials whose worker process on this host is gone; close runs left RUNNING by trials
+    that have finished. Returns how many trials were failed."""
+    host = socket.gethostname()
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get(HOST) == host and attrs.get(PID) is not None and not _process_alive(
+            attrs[PID], attrs.get(PROCESS_START)
+        ):
+            reason = f"worker process {attrs[PID]} on {host} died mid-trial"
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    failed += 1
+    states = {t.user_attrs.get(RUN_ID): t for t in study.get_trials(deepcopy=False)}
+    for run in tracker.trial_runs(parent_run_id, experiment_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial = states.get(run.info.run_id)
+        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        reason = trial.user_attrs.get(FAIL_REASON, "the worker stopped before closing this run")
+        tracker.set_status(run.info.run_id, run_status_for(trial.state.name),
+                           {STATE_TAG: trial.state.name, REASON_TAG: reason})
+    return failed
+
+
+def close_stale_run(tracker_uri: str, retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Heartbeat callback: a trial whose worker went silent is FAIL; close its run, maybe retry it."""
+    retry_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry else None
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if run_id:
+            Tracker(tracker_uri).set_status(
+                run_id, "FAILED",
+                {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"},
+            )
+        if retry_callback is not None:
+            retry_callback(study, trial)
+
+    return callback
+
+
+# --- the worker loop ---------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval in a daemon thread (RDB storages only)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = storage.get_heartbeat_interval()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="automl-heartbeat")
+
+    def _beat(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is not fatal; staleness is
+                self.storage.record_heartbeat(self.trial_id)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
+def claim_trial(handle: StudyHandle) -> optuna.Trial | None:
+    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty."""
+    storage = handle.storage
+    study_id = storage.get_study_id_from_name(handle.name)
+    for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(handle.load(), waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    value: float | None
+    seconds: float
+    reason: str
+
+
+ReportFn = Callable[[TrialOutcome, optuna.Study], None]
+
+
+def run_trial(handle: StudyHandle, trial: optuna.Trial, objective: Objective, tracker: Tracker) -> TrialOutcome:
+    """Run one claimed trial and close it in both stores with its true outcome.
+
+    Ctrl-C / SIGTERM and fatal errors still close the trial (FAIL) and its run, then propagate.
+    """
+    started = time.monotonic()
+    storage = handle.storage
+    storage.set_trial_user_attr(trial._trial_id, HOST, socket.gethostname())
+    storage.set_trial_user_attr(trial._trial_id, PID, os.getpid())
+    storage.set_trial_user_attr(trial._trial_id, PROCESS_START, psutil.Process().create_time())
+    run = tracker.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
+    storage.set_trial_user_attr(trial._trial_id, RUN_ID, run.run_id)
+
+    value: float | None = None
+    reason = ""
+    escaping: BaseException | None = None
+    run_status = None
+    with Heartbeat(storage, trial._trial_id):
+        try:
+            value = objective(trial, run)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned as e:
+            state, reason = TrialState.PRUNED, str(e)
+        except TrialFailed as e:
+            state, reason = TrialState.FAIL, str(e)
+        except KeyboardInterrupt as e:
+            state, escaping, run_status = TrialState.FAIL, e, "KILLED"
+            reason = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        except BaseException as e:
+            state, escaping = TrialState.FAIL, e
+            reason = f"{type(e).__name__}: {e}"
+
+    seconds = time.monotonic() - started
+    tags = {STATE_TAG: state.name, "automl.seconds": f"{seconds:.3f}"}
+    if reason:
+        tags[REASON_TAG] = reason[:5000]
+    try:
+        if state == TrialState.FAIL:
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+        if state == TrialState.PRUNED:
+            storage.set_trial_user_attr(trial._trial_id, "pruned_reason", reason)
+        storage.set_trial_user_attr(trial._trial_id, "seconds", round(seconds, 3))
+        handle.load().tell(trial, value, state=state)
+    except STORAGE_ERRORS as e:
+        with contextlib.suppress(Exception):
+            run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
+        raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
+    if not isinstance(escaping, TrackingError):
+        run.end(run_status or run_status_for(state.name), tags)
+    if escaping is not None:
+        raise escaping
+    return TrialOutcome(trial.number, state, value, seconds, reason)
+
+
+def run_worker(
+    handle: StudyHandle,
+    objective: Objective,
+    tracker: Tracker,
+    deadline: float | None = None,
+    report: ReportFn | None = None,
+) -> int:
+    """Claim and run trials until the pool is empty or `deadline` (monotonic) passes."""
+    done = 0
+    while deadline is None or time.monotonic() < deadline:
+        study = handle.load()
+        optuna.storages.fail_stale_trials(study)
+        trial = claim_trial(handle)
+        if trial is None:
+            break
+        outcome = run_trial(handle, trial, objective, tracker)
+        done += 1
+        release_memory()
+        if report is not None:
+            report(outcome, handle.load())
+    return done
+
+
+def install_sigterm() -> None:
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt) so the running trial is closed like Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# --- summary and the best model ------------------------------------------------------------------
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value, epochs, seconds, parameters, run id, reason."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "epochs": t.user_attrs.get("epochs_run", 0),
+            "seconds": t.user_attrs.get("seconds"),
+            "n_parameters": t.user_attrs.get("n_parameters"),
+            **{f"param.{k}": v for k, v in t.params.items()},
+            "mlflow_run_id": t.user_attrs.get(RUN_ID),
+            "reason": t.user_attrs.get(FAIL_REASON) or t.user_attrs.get("pruned_reason", ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    result = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        result[t.state.name] += 1
+    return result
+
+
+@dataclass
+class BestModel:
+    """What `finalize` logged about the best trial."""
+
+    trial: int
+    value: float
+    test_metrics: dict[str, float]
+    model_uri: str
+    version: str
+    champion: bool
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+def finalize(
+    handle: StudyHandle, tracker: Tracker, data: Dataset, say: Callable[[str], None] = print
+) -> BestModel | None:
+    """Summarise the study on its parent run; log, register and crown the best model.
+
+    Idempotent: the best model is logged once per best trial. Raises FatalError when no trial
+    completed (nothing is logged or registered then).
+    """
+    study = handle.load()
+    space = handle.space
+    totals = counts(study)
+    summary_metrics = {f"n_{k.lower()}": float(v) for k, v in totals.items()
+                       if k in ("COMPLETE", "PRUNED", "FAIL")}
+    table = trials_table(study)
+    finished = totals["COMPLETE"] + totals["PRUNED"] + totals["FAIL"]
+    if totals["COMPLETE"] == 0:
+        tracker.log_summary(handle.parent_run_id, {}, summary_metrics, {}, table)
+        if finished:
+            raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
+                             "were pruned; no best model was logged")
+        return None
+    best = study.best_trial
+    metric = space.metric
+    test_metric = "test_" + metric.removeprefix("val_")
+    tags = tracker.tags(handle.parent_run_id)
+    best_tags = {f"best.{k}": str(v) for k, v in best.params.items()}
+    summary_metrics[f"best_{metric}"] = float(best.value)
+    if tags.get(BEST_TRIAL_TAG) == str(best.number):  # already logged by an earlier summary
+        tracker.log_summary(handle.parent_run_id, {}, summary_metrics, best_tags, table)
+        return None
+
+    run_id = best.user_attrs.get(RUN_ID)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = tracker.download(run_id, WEIGHTS_DIR, Path(tmp))
+        model = load_checkpoint(weights, "cpu")
+        test_split = data.to("cpu").test
+        test = {f"test_{k}": v for k, v in evaluate(model, test_split, data.task).items()}
+        (weights / "metadata.json").write_text(pd.Series({
+            "study": handle.name, "trial": best.number, "metric": metric, "value": best.value,
+            "direction": space.direction, "params": best.params, "trial_run_id": run_id,
+            "study_run_id": handle.parent_run_id, **test,
+        }).to_json(indent=2))
+        if not (weights / PREPROCESSING).exists():
+            (weights / PREPROCESSING).write_text(pd.Series(data.preprocessing()).to_json(indent=2))
+        tracker.log_folder(handle.parent_run_id, weights, BEST_DIR)
+        example = test_split.x[:4].float().numpy()
+        version_tags = {"study": handle.name, "trial": str(best.number), test_metric: str(test[test_metric]),
+                        "direction": space.direction, "study_run_id": handle.parent_run_id}
+        model_uri, version = tracker.log_model(handle.parent_run_id, model, example, handle.name,
+                                               version_tags)
+    current = tracker.champion(handle.name)
+    crown = True
+    if current is not None and test_metric in current.tags:
+        crown = better(test[test_metric], float(current.tags[test_metric]), space.direction)
+    if crown:
+        tracker.set_champion(handle.name, version)
+        say(f"Registered {handle.name} version {version} as @champion "
+            f"({test_metric}={test[test_metric]:.4f})")
+    else:
+        say(f"Registered {handle.name} version {version}; @champion stays on version "
+            f"{current.version} ({test_metric}={float(current.tags[test_metric]):.4f} vs "
+            f"{test[test_metric]:.4f})")
+    summary_metrics.update(test)
+    tracker.log_summary(
+        handle.parent_run_id, {}, summary_metrics,
+        {**best_tags, BEST_TRIAL_TAG: str(best.number), "automl.best_model_uri": model_uri,
+         "automl.registered_version": version},
+        table,
+    )
+    return BestModel(best.number, float(best.value), test, model_uri, version, crown)

@@ -1,0 +1,303 @@
+"""MLflow records: one experiment per study, a parent run per study, a nested child run per trial.
+
+Everything goes through an explicit `MlflowClient` (no process-global active run), so trials in
+threads, worker processes and other machines all attach to the right parent. Per-epoch metrics
+are one asynchronous batch call each, off the training loop's path. Any MLflow failure becomes a
+`TrackingError`, which stops the search with a clear message.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # fail within about a minute,
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # not after MLflow's default
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")  # of several minutes
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from automl.errors import FatalError  # noqa: E402
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHAMPION = "champion"
+ROLE_TAG = "automl.role"
+STUDY_TAG = "automl.study"
+TRIAL_TAG = "automl.trial_number"
+STATE_TAG = "automl.trial_state"
+REASON_TAG = "automl.fail_reason"
+BEST_TRIAL_TAG = "automl.best_trial"
+WEIGHTS_DIR = "weights"  # a trial's candidate best weights, on its child run
+BEST_DIR = "best_model"  # the study's best weights and configs, on the parent run
+MAX_PARAM_LENGTH = 6000
+
+T = TypeVar("T")
+
+
+class TrackingError(FatalError):
+    """MLflow could not be reached or refused a write."""
+
+
+def _fatal(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Turn any failure of an MLflow call into a one-line `TrackingError`."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(self, *args, **kwargs)
+            except TrackingError:
+                raise
+            except Exception as e:  # MlflowException, OSError, requests and sqlalchemy errors
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise TrackingError(f"MLflow tracking ({self.uri}) failed to {action}: {first}") from e
+
+        return call
+
+    return wrap
+
+
+def _params(values: dict[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TrialRun:
+    """The child run of one trial, open while the trial trains."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker = tracker
+        self.uri = tracker.uri
+        self.run_id = run_id
+        self._pending: list[Any] = []
+
+    @_fatal("log trial parameters")
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.tracker.client.log_batch(self.run_id, params=_params(params))
+
+    @_fatal("log epoch metrics")
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """One batched call per epoch, queued without waiting for the store."""
+        stamp = _now_ms()
+        batch = [Metric(k, float(v), stamp, epoch) for k, v in metrics.items()]
+        operation = self.tracker.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if operation is not None:
+            self._pending.append(operation)
+
+    @_fatal("log the trial's weights")
+    def log_weights(self, folder: Path) -> None:
+        self.tracker.client.log_artifacts(self.run_id, str(folder), WEIGHTS_DIR)
+
+    @_fatal("close the trial run")
+    def end(self, status: str, tags: dict[str, str]) -> None:
+        """Wait for queued metrics, then set the final tags and the run status."""
+        for operation in self._pending:
+            operation.wait()
+        self._pending.clear()
+        self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.tracker.client.set_terminated(self.run_id, status)
+
+
+class NullTrialRun:
+    """Same surface as `TrialRun`, records nothing (unit tests, tracking switched off)."""
+
+    run_id = ""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_weights(self, folder: Path) -> None:
+        pass
+
+    def end(self, status: str, tags: dict[str, str]) -> None:
+        pass
+
+
+class Tracker:
+    """Study-level MLflow operations on one tracking URI."""
+
+    def __init__(self, uri: str = DEFAULT_TRACKING_URI) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @_fatal("open the experiment")
+    def experiment_id(self, study_name: str) -> str:
+        """The experiment named after the study, created on first use."""
+        found = self.client.get_experiment_by_name(study_name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(study_name)
+        except MlflowException:  # another process created it first
+            found = self.client.get_experiment_by_name(study_name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @_fatal("start the study run")
+    def start_study_run(
+        self, experiment_id: str, study_name: str, params: dict[str, Any], space_text: str
+    ) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=study_name,
+            tags={ROLE_TAG: "study", STUDY_TAG: study_name},
+        )
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=_params(params))
+        self.client.log_text(run_id, space_text, "search_space.yaml")
+        return run_id
+
+    @_fatal("start a trial run")
+    def start_trial(
+        self, experiment_id: str, parent_run_id: str, study_name: str, number: int
+    ) -> TrialRun:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"trial-{number}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                ROLE_TAG: "trial",
+                STUDY_TAG: study_name,
+                TRIAL_TAG: str(number),
+                STATE_TAG: "RUNNING",
+            },
+        )
+        return TrialRun(self, run.info.run_id)
+
+    @_fatal("read a run")
+    def run_status(self, run_id: str) -> str | None:
+        try:
+            return self.client.get_run(run_id).info.status
+        except MlflowException:
+            return None
+
+    @_fatal("update a run")
+    def set_status(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+        """Close (or reopen, with RUNNING) a run, with optional tags."""
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status)
+
+    @_fatal("read a run's tags")
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    @_fatal("download weights")
+    def download(self, run_id: str, path: str, into: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+    @_fatal("log the study summary")
+    def log_summary(
+        self, run_id: str, params: dict[str, Any], metrics: dict[str, float],
+        tags: dict[str, str], trials: pd.DataFrame,
+    ) -> None:
+        stamp = _now_ms()
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+            params=[p for p in _params(params) if p.key not in self._logged_params(run_id)],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trials.csv"
+            trials.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path))
+
+    def _logged_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
+    @_fatal("log files to the study run")
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    @_fatal("log the best model")
+    def log_model(
+        self, run_id: str, model: torch.nn.Module, example: np.ndarray, study_name: str,
+        version_tags: dict[str, str],
+    ) -> tuple[str, str]:
+        """Log `model` as an MLflow PyTorch model (pt2) on the study run and register a version.
+
+        Returns (model URI, registered version).
+        """
+        model = model.to("cpu").eval()
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        signature = mlflow.models.infer_signature(example, output)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pt2",
+                input_example=example,
+                signature=signature,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+        version = mlflow.register_model(info.model_uri, study_name, tags=version_tags)
+        return info.model_uri, str(version.version)
+
+    @_fatal("read the registered champion")
+    def champion(self, study_name: str) -> Any | None:
+        """The model version holding the champion alias, if any."""
+        try:
+            return self.client.get_model_version_by_alias(study_name, CHAMPION)
+        except MlflowException:
+            return None
+
+    @_fatal("move the champion alias")
+    def set_champion(self, study_name: str, version: str) -> None:
+        self.client.set_registered_model_alias(study_name, CHAMPION, version)
+
+    @_fatal("find the study run")
+    def study_runs(self, study_name: str) -> list[Any]:
+        """Parent runs of a study, newest first."""
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            return []
+        return self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"],
+        )
+
+    @_fatal("list the trial runs")
+    def trial_runs(self, parent_run_id: str, experiment_id: str) -> list[Any]:
+        return self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=50000,
+        )
+
+
+def run_status_for(state: str) -> str:
+    """MLflow run status for an Optuna trial state: the true outcome, not always FINISHED."""
+    return {
+        "COMPLETE": RunStatus.to_string(RunStatus.FINISHED),
+        "PRUNED": RunStatus.to_string(RunStatus.KILLED),
+        "FAIL": RunStatus.to_string(RunStatus.FAILED),
+    }[state]
