@@ -112,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: bad flags exit with 2
         return int(e.code or 0)
     _quiet_libraries()
+    from automl.study import sigterm_as_interrupt
+
     try:
-        return int(args.func(args))
+        with sigterm_as_interrupt():
+            return int(args.func(args))
     except UsageError as e:
         print(f"automl: error: {e}", file=sys.stderr)
         return 2
@@ -199,7 +202,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     seed = 0 if args.seed is None else args.seed
     data = _load_data(space, args, seed)
 
-    st.install_sigterm()
     _setup_threads(args.threads)
     storage = st.open_storage(storage_url, args.heartbeat_interval, args.grace_period,
                               st.close_stale_run(tracking_uri, args.retry_failed))
@@ -341,7 +343,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = st.check_study_name(args.study)
     storage_url, tracking_uri = _stores(args)
     device = resolve_device(args.device)
-    st.install_sigterm()
     _setup_threads(args.threads)
     probe = st.open_storage(storage_url)
     try:

@@ -264,6 +264,15 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed when the name ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
 def _load_idx(name: str, data_dir: Path, download: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], Split]:
     folder = data_dir / IDX_DATASETS[name][0] / "raw"
     files = [f for pair in IDX_FILES.values() for f in pair]

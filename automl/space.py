@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -184,6 +185,21 @@ class SearchSpace:
         return Path(self.source).stem
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loading that also reads 1e-4 and 1.0e12 as numbers (YAML 1.2), not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 class _Reader:
     """Walks the YAML mapping, turning each problem into one `UsageError` line."""
 
@@ -326,7 +342,7 @@ def parse_space(text: str, source: str) -> SearchSpace:
     """Validate YAML text (`source` names it in messages)."""
     reader = _Reader(source)
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ import sqlalchemy
 from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
-from automl.checkpoint import PREPROCESSING, load_checkpoint
+from automl.checkpoint import load_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError, Terminated, TrialFailed, UsageError
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
@@ -361,7 +362,9 @@ def claim_trial(handle: StudyHandle) -> optuna.Trial | None:
     for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(handle.load(), waiting._trial_id)
+                study = handle.load()
+                study.get_trials(deepcopy=False)  # Optuna's trial cache must know the trial
+                return optuna.Trial(study, waiting._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
@@ -456,13 +459,22 @@ def run_worker(
     return done
 
 
-def install_sigterm() -> None:
-    """SIGTERM raises `Terminated` (a KeyboardInterrupt) so the running trial is closed like Ctrl-C."""
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM raises `Terminated` (a KeyboardInterrupt), so the running trial is
+    closed like on Ctrl-C."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- summary and the best model ------------------------------------------------------------------
@@ -546,13 +558,11 @@ def finalize(
         model = load_checkpoint(weights, "cpu")
         test_split = data.to("cpu").test
         test = {f"test_{k}": v for k, v in evaluate(model, test_split, data.task).items()}
-        (weights / "metadata.json").write_text(pd.Series({
+        (weights / "metadata.json").write_text(json.dumps({
             "study": handle.name, "trial": best.number, "metric": metric, "value": best.value,
             "direction": space.direction, "params": best.params, "trial_run_id": run_id,
             "study_run_id": handle.parent_run_id, **test,
-        }).to_json(indent=2))
-        if not (weights / PREPROCESSING).exists():
-            (weights / PREPROCESSING).write_text(pd.Series(data.preprocessing()).to_json(indent=2))
+        }, indent=2))
         tracker.log_folder(handle.parent_run_id, weights, BEST_DIR)
         example = test_split.x[:4].float().numpy()
         version_tags = {"study": handle.name, "trial": str(best.number), test_metric: str(test[test_metric]),

@@ -1,0 +1,163 @@
+"""End to end: a real search through the CLI, checked through Optuna's and MLflow's own clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import automl
+from automl.data import load_dataset
+from automl.train import evaluate
+from tests.conftest import PYTHON, ROOT, TINY_SPACE, Stores, cli, make_stores
+
+# sgd with lr 1e9 diverges (FAIL); the median pruner with no warm-up prunes weak trials (PRUNED)
+MIXED_SPACE = (TINY_SPACE
+               .replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 3, trials: 8}")
+               .replace("pruner: {name: none}", "pruner: {name: median, options: {n_startup_trials: 1, n_warmup_steps: 0}}")
+               .replace("name: {type: categorical, choices: [adam, sgd]}", "name: sgd")
+               .replace("lr: {type: float, low: 3.0e-3, high: 1.0e-2, log: true}",
+                        "lr: {type: categorical, choices: [0.2, 0.003, 1.0e9]}"))
+STUDY = "mixed"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path):
+    folder = tmp_path_factory.mktemp("search")
+    stores = make_stores(folder, mlflow_template)
+    space = folder / "mixed.yaml"
+    space.write_text(MIXED_SPACE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        code = cli("search", "--space", space, "--study", STUDY, "--seed", "1", *stores.flags())
+    return stores, code
+
+
+def _runs(stores: Stores):
+    client = MlflowClient(stores.tracking_uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("automl.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("automl.role") == "trial"]
+    return client, parents, children
+
+
+def test_search_succeeds_with_every_trial_terminal(finished) -> None:
+    stores, code = finished
+    assert code == 0
+    study = optuna.load_study(study_name=STUDY, storage=stores.storage_url)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 8 and "RUNNING" not in states and "WAITING" not in states
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states
+    assert sorted(t.number for t in study.trials) == list(range(8))
+
+
+def test_one_parent_run_with_one_child_per_trial(finished) -> None:
+    stores, _ = finished
+    _, parents, children = _runs(stores)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    assert len(children) == 8
+    assert all(c.data.tags["mlflow.parentRunId"] == parent for c in children)
+    assert sorted(int(c.data.tags["automl.trial_number"]) for c in children) == list(range(8))
+
+
+def test_child_runs_have_true_status_params_and_epoch_metrics(finished) -> None:
+    stores, _ = finished
+    client, _, children = _runs(stores)
+    study = optuna.load_study(study_name=STUDY, storage=stores.storage_url)
+    expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for trial in study.trials:
+        run = next(c for c in children if c.info.run_id == trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == expected[trial.state.name], trial.number
+        assert run.data.tags["automl.trial_state"] == trial.state.name
+        assert run.data.params["lr"] == str(trial.params["lr"])
+        assert int(run.data.params["n_parameters"]) > 0
+        if trial.state.name == "FAIL":
+            assert "training loss became" in run.data.tags["automl.fail_reason"]
+            assert "training loss became" in trial.user_attrs["fail_reason"]
+            continue
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        steps = sorted(m.step for m in history)
+        assert steps == sorted(trial.intermediate_values), trial.number
+        if trial.state.name == "COMPLETE":
+            assert steps == [1, 2, 3]
+            assert history[-1].value == pytest.approx(trial.value)
+            for name in ("train_loss", "val_loss", "epoch_seconds"):
+                assert len(client.get_metric_history(run.info.run_id, name)) == 3
+
+
+def test_parent_run_holds_best_parameters_score_table_and_model(finished) -> None:
+    stores, _ = finished
+    client, parents, _ = _runs(stores)
+    parent = parents[0]
+    study = optuna.load_study(study_name=STUDY, storage=stores.storage_url)
+    best = study.best_trial
+    assert parent.data.tags["automl.best_trial"] == str(best.number)
+    assert parent.data.tags["best.lr"] == str(best.params["lr"])
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.value)
+    assert parent.data.metrics["n_complete"] + parent.data.metrics["n_pruned"] + parent.data.metrics["n_fail"] == 8
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "search_space.yaml", "best_model"} <= artifacts
+    best_files = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "best_model")}
+    assert {"model.safetensors", "model_config.json", "preprocessing.json", "metadata.json"} <= best_files
+    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(stores.folder)))
+    assert len(table.read_text().strip().splitlines()) == 9
+
+
+def test_champion_is_registered_and_loads_with_mlflow(finished) -> None:
+    stores, _ = finished
+    client, parents, _ = _runs(stores)
+    version = client.get_model_version_by_alias(STUDY, "champion")
+    assert version.tags["trial"] == parents[0].data.tags["automl.best_trial"]
+    mlflow.set_tracking_uri(stores.tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{STUDY}@champion")
+    data = load_dataset("digits", seed=1)
+    best = automl.load_best(STUDY, tracking_uri=stores.tracking_uri)
+    x = data.test.x[:16].float()
+    assert torch.allclose(model(x), best.model(x), atol=1e-5)
+
+
+def test_reload_reproduces_logged_test_accuracy_exactly(finished) -> None:
+    stores, _ = finished
+    _, parents, _ = _runs(stores)
+    best = automl.load_best(STUDY, tracking_uri=stores.tracking_uri)
+    assert not best.model.training
+    data = load_dataset("digits", seed=1)
+    scores = evaluate(best.model, data.test, "classification")
+    assert scores["accuracy"] == parents[0].data.metrics["test_accuracy"]
+    assert best.metadata["test_accuracy"] == parents[0].data.metrics["test_accuracy"]
+    assert best.preprocessing["class_names"] == [str(i) for i in range(10)]
+
+
+def test_best_command_json(finished, capsys: pytest.CaptureFixture[str]) -> None:
+    stores, _ = finished
+    capsys.readouterr()
+    assert cli("best", "--study", STUDY, "--json", *stores.flags()) == 0
+    info = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name=STUDY, storage=stores.storage_url)
+    assert info["trial"] == study.best_trial.number and info["params"] == study.best_trial.params
+    assert info["value"] == study.best_value
+    assert set(info["test"]) == {"test_accuracy", "test_loss"}
+    assert info["registered_model_uri"] == f"models:/{STUDY}@champion"
+    assert info["model_uri"].startswith("models:/")
+    assert info["trial_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+
+
+def test_cli_subprocess_smoke(tmp_path: Path, mlflow_template: Path) -> None:
+    """`python -m automl search` as a user runs it: 3 trials, 2 epochs, a line per trial."""
+    stores = make_stores(tmp_path, mlflow_template)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    done = subprocess.run([PYTHON, "-m", "automl", "search", "--space", "tiny.yaml", "--device", "cpu",
+                           *stores.flags()], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 3 and all("COMPLETE" in line and "best" in line for line in lines)
+    assert "@champion" in done.stdout or "champion" in done.stderr + done.stdout
+    assert (tmp_path / "mlruns").is_dir()

@@ -1,0 +1,94 @@
+"""Training on real digits: it learns, it is reproducible, non-finite losses stop it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from automl.config import ModelConfig, TrainConfig
+from automl.data import load_dataset
+from automl.errors import UsageError
+from automl.model import build_model
+from automl.train import NonFiniteLoss, evaluate, fit, random_crop_flip, resolve_device
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def _model(data, widths=(64,)):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="mlp", input_shape=data.input_shape, n_outputs=data.n_outputs,
+                                    widths=widths))
+    model.set_statistics(data.input_mean, data.input_std)
+    return model
+
+
+def test_training_learns_digits(digits) -> None:
+    seen = []
+    result = fit(_model(digits), digits, TrainConfig(epochs=5, batch_size=32, lr=3e-3),
+                 on_epoch_end=lambda epoch, metrics: seen.append(epoch))
+    assert seen == [1, 2, 3, 4, 5]
+    assert result.metrics["val_accuracy"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert set(result.metrics) == {"train_loss", "val_loss", "val_accuracy", "epoch_seconds"}
+
+
+@pytest.mark.parametrize("optimizer,loss,schedule", [
+    ("sgd", "mse", "step"), ("adamw", "label_smoothing", "cosine"), ("rmsprop", "cross_entropy", "none")])
+def test_every_optimizer_and_loss_trains(digits, optimizer: str, loss: str, schedule: str) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-2 if optimizer == "sgd" else 2e-3, optimizer=optimizer,
+                      momentum=0.9, nesterov=optimizer == "sgd", loss=loss, label_smoothing=0.1,
+                      schedule=schedule)
+    assert fit(_model(digits), digits, cfg).metrics["val_accuracy"] > 0.6
+
+
+def test_same_seed_same_result(digits) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=64, seed=7)
+    a = fit(_model(digits), digits, cfg).metrics
+    b = fit(_model(digits), digits, cfg).metrics
+    assert a["val_loss"] == b["val_loss"] and a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_non_finite_loss_stops_training(digits) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=1e6, loss="mse")
+    with pytest.raises(NonFiniteLoss, match="training loss became"):
+        fit(_model(digits, widths=(256, 256)), digits, cfg)
+
+
+def test_evaluate_regression_scores() -> None:
+    from automl.data import Split
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0]
+
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    split = Split(torch.stack([y + 1.0], dim=1), y)
+    scores = evaluate(Identity(), split, "regression")
+    assert scores["rmse"] == pytest.approx(1.0) and scores["mae"] == pytest.approx(1.0)
+    assert scores["r2"] == pytest.approx(1 - 1.0 / 1.25)
+
+
+def test_random_crop_flip_keeps_shape_and_content() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    # every output pixel is zero padding or a pixel of the same sample
+    for i in range(2):
+        values = set(out[i].flatten().tolist()) - {0.0}
+        assert values <= set(x[i].flatten().tolist())
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(UsageError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_requested_without_cuda() -> None:
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        resolve_device("cuda")
