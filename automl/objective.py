@@ -65,7 +65,6 @@ class Objective:
             value = metrics[space.metric]
             try:
                 trial.report(value, epoch)
-                trial.set_user_attr("epochs_run", epoch)
                 prune = trial.should_prune()
             except STORAGE_ERRORS as e:
                 raise FatalError(f"Optuna storage failed while reporting epoch {epoch}: {e}") from e

@@ -13,12 +13,14 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # fail within about a minute,
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # not after MLflow's default
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")  # of several minutes
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline tool: no usage reports
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -85,20 +87,22 @@ class TrialRun:
         self.tracker = tracker
         self.uri = tracker.uri
         self.run_id = run_id
-        self._pending: list[Any] = []
+        self._pending: list[Future[None]] = []
 
     @_fatal("log trial parameters")
     def log_params(self, params: dict[str, Any]) -> None:
         self.tracker.client.log_batch(self.run_id, params=_params(params))
 
-    @_fatal("log epoch metrics")
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """One batched call per epoch, queued without waiting for the store."""
+        """One batched call per epoch, sent by the tracker's background thread (training never
+        waits for the store; `end` waits for every queued call and raises its failure)."""
         stamp = _now_ms()
         batch = [Metric(k, float(v), stamp, epoch) for k, v in metrics.items()]
-        operation = self.tracker.client.log_batch(self.run_id, metrics=batch, synchronous=False)
-        if operation is not None:
-            self._pending.append(operation)
+        self._pending.append(self.tracker.background.submit(self._send, batch))
+
+    @_fatal("log epoch metrics")
+    def _send(self, batch: list[Metric]) -> None:
+        self.tracker.client.log_batch(self.run_id, metrics=batch)
 
     @_fatal("log the trial's weights")
     def log_weights(self, folder: Path) -> None:
@@ -107,9 +111,9 @@ class TrialRun:
     @_fatal("close the trial run")
     def end(self, status: str, tags: dict[str, str]) -> None:
         """Wait for queued metrics, then set the final tags and the run status."""
-        for operation in self._pending:
-            operation.wait()
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.result()
         self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.tracker.client.set_terminated(self.run_id, status)
 
@@ -138,6 +142,7 @@ class Tracker:
     def __init__(self, uri: str = DEFAULT_TRACKING_URI) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="automl-tracking")
 
     @_fatal("open the experiment")
     def experiment_id(self, study_name: str) -> str:
