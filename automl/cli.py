@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from automl.errors import FatalError, Terminated, UsageError
+from automl.progress import Progress
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "digits_mlp.yaml"
 
@@ -74,8 +77,15 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="only errors and the final summary")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are reported in one line (exit code 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"automl: error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="automl", description="Search for a good PyTorch network with Optuna, tracked in MLflow.")
+    parser = _Parser(prog="automl", description="Search for a good PyTorch network with Optuna, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     search = sub.add_parser("search", help="run (or resume) a search", description=(
@@ -86,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--study", help="study name (default: the space file's name)")
     search.add_argument("--seed", type=int, help="seed of the splits, the sampler and the trials (default 0)")
     search.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument("--resume", action="store_true", help="continue an existing study (error if there is none)")
     _common_store_flags(search)
     _worker_flags(search)
     search.set_defaults(func=cmd_search)
@@ -102,6 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--json", action="store_true", help="print JSON")
     _common_store_flags(best)
     best.set_defaults(func=cmd_best)
+
+    report = sub.add_parser("report", help="table of all trials of a study, best first")
+    report.add_argument("--study", required=True)
+    report.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    report.add_argument("--json", action="store_true", help="print JSON records")
+    report.add_argument("--all-columns", action="store_true", help="print run ids and reasons too")
+    _common_store_flags(report)
+    report.set_defaults(func=cmd_report)
+
+    studies = sub.add_parser("studies", help="the studies in a storage")
+    studies.add_argument("--json", action="store_true", help="print JSON records")
+    studies.add_argument("--storage", help="Optuna storage URL (default: sqlite:///optuna.db)")
+    studies.set_defaults(func=cmd_studies)
+
+    predict = sub.add_parser("predict", help="predict with a study's champion model")
+    predict.add_argument("--study", required=True)
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                         help="one .npy array, one CSV table (tabular studies) or image files")
+    predict.add_argument("--output", type=Path, help="write the predictions as CSV here")
+    predict.add_argument("--json", action="store_true", help="print JSON records")
+    predict.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=cmd_predict)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on the stores a search wrote to")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; anything else is reachable from other machines)")
+    ui.add_argument("--port", type=_positive_int, default=5000)
+    ui.add_argument("--allowed-hosts", help="extra Host header values to accept, comma-separated")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 
@@ -152,27 +194,6 @@ def _load_data(space: Any, args: argparse.Namespace, seed: int) -> Any:
     )
 
 
-def _trial_reporter(metric: str, quiet: bool) -> Any:
-    from optuna.trial import TrialState
-
-    def report(outcome: Any, study: Any) -> None:
-        if quiet:
-            return
-        try:
-            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:
-            best = "no complete trial yet"
-        score = f"{metric}={outcome.value:.4f}" if outcome.value is not None else ""
-        if outcome.state == TrialState.PRUNED:
-            score = outcome.reason
-        elif outcome.state == TrialState.FAIL:
-            score = f"failed: {outcome.reason}"
-        print(f"trial {outcome.number:>4}  {outcome.state.name:<8}  {score:<40}  "
-              f"{outcome.seconds:6.1f}s  {best}", flush=True)
-
-    return report
-
-
 def _setup_threads(threads: int | None) -> None:
     import torch
 
@@ -184,6 +205,8 @@ def _setup_threads(threads: int | None) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import optuna
+
     from automl import study as st
     from automl.objective import Objective
     from automl.space import load_space
@@ -205,6 +228,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     _setup_threads(args.threads)
     storage = st.open_storage(storage_url, args.heartbeat_interval, args.grace_period,
                               st.close_stale_run(tracking_uri, args.retry_failed))
+    if args.resume and name not in optuna.study.get_all_study_names(storage):
+        raise UsageError(f"--resume: no study named {name!r} in {storage_url}")
     tracker = Tracker(tracking_uri)
     with st.budget_lock(storage_url, name):
         study, created = st.create_or_load(name, storage, space, seed)
@@ -222,24 +247,26 @@ def cmd_search(args: argparse.Namespace) -> int:
         queued = st.top_up_budget(study, n_trials)
     handle = st.StudyHandle(name, storage, space, st.make_sampler(space, seed), st.make_pruner(space),
                             seed, experiment_id, parent)
-    swept = st.sweep(study, storage, tracker, parent, experiment_id)
-    tracker.set_status(parent, "RUNNING")
     sizes = f"{len(data.train)}/{len(data.val)}/{len(data.test)}"
-    print(f"study {name}: {'created' if created else 'resumed'}, {n_trials} trials in all, "
-          f"{queued} queued now{f', {swept} lost trial(s) marked failed' if swept else ''}; "
-          f"data {data.name} (train/val/test {sizes}); device {device}; workers {args.workers}",
-          flush=True)
+    print(f"study {name}: {'created' if created else 'resumed'}, {n_trials} trials in all, {queued} queued "
+          f"now; data {data.name} (train/val/test {sizes}); device {device}; workers {args.workers}", flush=True)
     print(f"  optuna storage {storage_url}; mlflow {tracking_uri} (experiment {experiment_id}, run {parent})",
           flush=True)
 
     deadline = time.monotonic() + timeout if timeout else None
     exit_code, status = 0, "FINISHED"
+    in_study = len(study.get_trials(deepcopy=False))
+    progress = Progress(in_study, in_study - st.queued_total(study), space.metric, args.quiet)
     try:
+        swept = st.sweep(study, storage, tracker, parent, experiment_id)
+        if swept:
+            print(f"  {swept} trial(s) left running by a dead worker marked failed", flush=True)
+        tracker.set_status(parent, "RUNNING")
         if args.workers == 1:
             objective = Objective(space, data.to(device), seed)
-            st.run_worker(handle, objective, tracker, deadline, _trial_reporter(space.metric, args.quiet))
+            st.run_worker(handle, objective, tracker, deadline, progress.trial)
         else:
-            _run_worker_processes(args, name, storage_url, tracking_uri, timeout)
+            _run_worker_processes(args, handle, storage_url, tracking_uri, timeout, progress)
     except Terminated:
         exit_code, status = 143, "KILLED"
     except KeyboardInterrupt:
@@ -247,15 +274,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     except FatalError as e:
         print(f"automl: error: {e}", file=sys.stderr)
         exit_code, status = 1, "FAILED"
+    finally:
+        progress.close()
     if exit_code != 1:  # after a storage or tracking failure nothing more is written
         try:
-            best = st.finalize(handle, tracker, data)
-            _print_summary(name, handle, tracker, tracking_uri, best)
+            with st.budget_lock(storage_url, name):
+                best = st.finalize(handle, tracker, data)
+            _print_summary(name, handle, tracking_uri, best)
         except FatalError as e:
             print(f"automl: error: {e}", file=sys.stderr)
-            exit_code, status = (exit_code or 1), ("FAILED" if status == "FINISHED" else status)
-        except KeyboardInterrupt:
-            exit_code, status = exit_code or 130, "KILLED"
+            exit_code = exit_code or 1
+            status = "FAILED" if status == "FINISHED" else status
+        except KeyboardInterrupt as e:
+            exit_code = exit_code or (143 if isinstance(e, Terminated) else 130)
+            status = "KILLED"
     try:
         tracker.set_status(parent, status)
     except FatalError as e:
@@ -264,7 +296,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _print_summary(name: str, handle: Any, tracker: Any, tracking_uri: str, best: Any) -> None:
+def _print_summary(name: str, handle: Any, tracking_uri: str, best: Any) -> None:
     from automl import study as st
 
     study = handle.load()
@@ -282,9 +314,11 @@ def _print_summary(name: str, handle: Any, tracker: Any, tracking_uri: str, best
     print(f"  view: mlflow ui --backend-store-uri {tracking_uri}")
 
 
-def _run_worker_processes(args: argparse.Namespace, name: str, storage_url: str, tracking_uri: str,
-                          timeout: float | None) -> None:
-    """Start `--workers` worker processes on this study; forward SIGTERM; wait for them all."""
+def _run_worker_processes(args: argparse.Namespace, handle: Any, storage_url: str, tracking_uri: str,
+                          timeout: float | None, progress: Progress) -> None:
+    """Start `--workers` worker processes on this study; show their progress; forward Ctrl-C and
+    SIGTERM to them; wait for them all."""
+    name = handle.name
     cpus = os.cpu_count() or 1
     threads = args.threads or max(1, cpus // args.workers)
     gpus = _visible_gpus()
@@ -297,25 +331,44 @@ def _run_worker_processes(args: argparse.Namespace, name: str, storage_url: str,
                    "--grace-period", str(args.grace_period), "--retry-failed", str(args.retry_failed)]
         if timeout:
             command += ["--timeout", str(timeout)]
-        if args.quiet:
+        if args.quiet or progress.bar is not None:  # on a terminal this process draws the one bar
             command.append("--quiet")
         env = dict(os.environ)
         if gpus and args.device in ("auto", "cuda"):
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        processes.append(subprocess.Popen(command, env=env))
+        # own session: a terminal's Ctrl-C reaches this process only, which forwards it once
+        processes.append(subprocess.Popen(command, env=env, start_new_session=True))
     try:
-        for process in processes:
-            process.wait()
-    except BaseException:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait()
+        while any(process.poll() is None for process in processes):
+            if progress.bar is not None:
+                study = handle.load()
+                finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+                complete = [t for t in finished if t.state.name == "COMPLETE"]
+                progress.poll(len(finished), study.best_trial if complete else None)
+            time.sleep(1.0)
+    except KeyboardInterrupt as e:
+        forwarded = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        with _signals_ignored():
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(forwarded)
+            for process in processes:
+                process.wait()
         raise
     failed = [p.returncode for p in processes if p.returncode not in (0,)]
     if failed:
         raise FatalError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore further Ctrl-C / SIGTERM while the workers close their trials."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _visible_gpus() -> list[str]:
@@ -364,7 +417,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     tracker = Tracker(tracking_uri)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     objective = Objective(space, data.to(device), seed)
-    st.run_worker(handle, objective, tracker, deadline, _trial_reporter(space.metric, args.quiet))
+    progress = Progress(int(attrs.get(st.BUDGET, 0)), 0, space.metric, args.quiet)
+    try:
+        st.run_worker(handle, objective, tracker, deadline, progress.trial)
+    finally:
+        progress.close()
     return 0
 
 
@@ -421,3 +478,104 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(f"  trial run: {info['trial_run_id']}   study run: {info['study_run_id']}")
     print(f"  model: {info['model_uri']}   registered: {info['registered_model_uri']} (version {info['registered_version']})")
     return 0
+
+
+# --- report, studies, predict, ui -----------------------------------------------------------
+
+
+def _load_study(name: str, storage_url: str) -> Any:
+    import optuna
+
+    from automl import study as st
+
+    try:
+        return optuna.load_study(study_name=st.check_study_name(name), storage=st.open_storage(storage_url))
+    except KeyError:
+        raise UsageError(f"--study: no study named {name!r} in {storage_url}") from None
+
+
+def _print_table(table: Any, as_json: bool) -> None:
+    if as_json:
+        print(table.to_json(orient="records", indent=2, date_format="iso"))
+    elif table.empty:
+        print("(nothing yet)")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from automl.report import trials_table
+
+    storage_url, _ = _stores(args)
+    table = trials_table(_load_study(args.study, storage_url))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    shown = table if args.all_columns or args.json else table.drop(
+        columns=[c for c in ("mlflow_run_id", "reason") if c in table.columns])
+    _print_table(shown, args.json)
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from automl import study as st
+    from automl.report import studies_table
+
+    storage_url = st.check_storage_url(args.storage or st.DEFAULT_STORAGE)
+    _print_table(studies_table(st.open_storage(storage_url)), args.json)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from automl import study as st
+    from automl.best import load_best, predict_table, read_inputs
+    from automl.tracking import DEFAULT_TRACKING_URI
+    from automl.train import resolve_device
+
+    name = st.check_study_name(args.study)
+    tracking_uri = st.check_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
+    device = resolve_device(args.device)
+    missing = [p for p in args.inputs if not p.is_file()]
+    if missing:
+        raise UsageError(f"INPUT: {missing[0]}: file not found")
+    loaded = load_best(name, tracking_uri, device)
+    x, names = read_inputs(args.inputs, loaded.preprocessing)
+    table = predict_table(loaded, x, names)
+    if args.output:
+        table.to_csv(args.output, index=False)
+        print(f"{len(table)} prediction(s) written to {args.output}", file=sys.stderr)
+    elif args.json:
+        print(table.to_json(orient="records", indent=2))
+    else:
+        print(table.to_csv(index=False, float_format="%.6f"), end="")
+    return 0
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from automl import study as st
+    from automl.tracking import DEFAULT_TRACKING_URI
+
+    uri = st.check_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
+    if uri.startswith(("http://", "https://")):
+        raise UsageError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    if args.allowed_hosts:
+        command += ["--allowed-hosts", args.allowed_hosts]
+    if args.host not in LOOPBACK:
+        print(f"automl: warning: the UI listens on {args.host} and is reachable from other machines; "
+              "MLflow's UI has no login", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"MLflow UI for {uri}: http://{shown}:{args.port}  (Ctrl-C to stop)", flush=True)
+    server = subprocess.Popen(command)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        return 0

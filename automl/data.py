@@ -73,6 +73,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)  # tabular: encoded column names
     encoding: dict[str, Any] = field(default_factory=dict)  # csv: how raw columns are encoded
+    pixel_max: float | None = None  # images: the value of a white pixel (16 for digits, else 255)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -105,6 +106,7 @@ class Dataset:
             "class_names": self.class_names,
             "features": self.features,
             "encoding": self.encoding,
+            "pixel_max": self.pixel_max,
             "sizes": {"train": len(self.train), "validation": len(self.val), "test": len(self.test)},
         }
 
@@ -144,8 +146,9 @@ def load_dataset(
     features = [] if train.x.dim() == 4 else [f"x{i}" for i in range(train.x.shape[1])]
     if name in ("breast_cancer", "wine"):
         features = _sklearn_feature_names(name)
+    pixel_max = None if features else (16.0 if name == "digits" else 255.0)
     return Dataset(name, "classification", train, val, test, mean, std,
-                   class_names=list(classes), features=features)
+                   class_names=list(classes), features=features, pixel_max=pixel_max)
 
 
 # --- splits -----------------------------------------------------------------------------------

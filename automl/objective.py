@@ -18,6 +18,7 @@ import torch
 from automl.checkpoint import save_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError, TrialFailed
+from automl.keys import N_PARAMETERS
 from automl.model import build_model, count_parameters
 from automl.space import SearchSpace, suggest
 from automl.tracking import NullTrialRun, TrialRun
@@ -52,13 +53,7 @@ class Objective:
         space, data = self.space, self.data
         seed = self.seed + trial.number
         model_config, train_config = suggest(trial, space, data.input_shape, data.n_outputs, seed)
-        torch.manual_seed(seed)
-        model = build_model(model_config)
-        model.set_statistics(data.input_mean, data.input_std, data.target_mean, data.target_std)
-        n_parameters = count_parameters(model)
-        trial.set_user_attr("n_parameters", n_parameters)
-        run.log_params({**trial.params, "n_parameters": n_parameters, "epochs": train_config.epochs,
-                        "seed": seed, "dataset": data.name})
+        run.log_params({**trial.params, "epochs": train_config.epochs, "seed": seed, "dataset": data.name})
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
@@ -72,7 +67,14 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with {space.metric}={value:.4f}")
 
         failure = None
+        model = None
         try:
+            torch.manual_seed(seed)
+            model = build_model(model_config)
+            model.set_statistics(data.input_mean, data.input_std, data.target_mean, data.target_std)
+            n_parameters = count_parameters(model)
+            trial.set_user_attr(N_PARAMETERS, n_parameters)
+            run.log_params({"n_parameters": n_parameters})
             result = fit(model, data, train_config, on_epoch_end)
         except (optuna.TrialPruned, FatalError):
             raise

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pandas as pd
 import psutil
 import sqlalchemy
 from filelock import FileLock
@@ -34,7 +33,25 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.checkpoint import load_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError, Terminated, TrialFailed, UsageError
+from automl.keys import (
+    BUDGET,
+    EXPERIMENT_ID,
+    FAIL_REASON,
+    METRIC,
+    PARENT_RUN_ID,
+    PRUNED_REASON,
+    RUN_ID,
+    SECONDS,
+    SEED,
+    SPACE_DIGEST,
+    SPACE_SOURCE,
+    SPACE_TEXT,
+    TRACKING_URI,
+    WORKER,
+)
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
+from automl.plots import write_plots
+from automl.report import trials_table
 from automl.space import PRUNERS, SAMPLERS, SearchSpace, parse_space
 from automl.tracking import (
     BEST_DIR,
@@ -44,6 +61,7 @@ from automl.tracking import (
     WEIGHTS_DIR,
     Tracker,
     TrackingError,
+    TrialRun,
     run_status_for,
 )
 from automl.train import evaluate
@@ -51,15 +69,6 @@ from automl.train import evaluate
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SQLITE_TIMEOUT_S = 120
-# Study user attributes (the study's own record of how it was created)
-SPACE_TEXT, SPACE_SOURCE, SPACE_DIGEST = "automl.space_yaml", "automl.space_source", "automl.space_digest"
-BUDGET, SEED = "automl.n_trials", "automl.seed"
-TRACKING_URI, EXPERIMENT_ID, PARENT_RUN_ID = "automl.tracking_uri", "automl.experiment_id", "automl.parent_run_id"
-# Trial user attributes
-RUN_ID, HOST, PID, PROCESS_START = "mlflow_run_id", "worker_host", "worker_pid", "worker_process_start"
-FAIL_REASON = "fail_reason"
-
-
 # --- input checks ---------------------------------------------------------------------------------
 
 
@@ -232,6 +241,7 @@ def create_or_load(
         study.set_user_attr(SPACE_SOURCE, space.source)
         study.set_user_attr(SPACE_DIGEST, space.digest)
         study.set_user_attr(SEED, seed)
+        study.set_user_attr(METRIC, space.metric)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -266,6 +276,11 @@ def attach_tracking(study: optuna.Study, tracker: Tracker, params: dict[str, Any
     return experiment_id, parent
 
 
+def queued_total(study: optuna.Study) -> int:
+    """Trials still waiting in the budget pool."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 def top_up_budget(study: optuna.Study, n_trials: int) -> int:
     """Queue WAITING trials until the study holds `n_trials` trials in all. Returns how many were queued.
 
@@ -296,11 +311,9 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
     host = socket.gethostname()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get(HOST) == host and attrs.get(PID) is not None and not _process_alive(
-            attrs[PID], attrs.get(PROCESS_START)
-        ):
-            reason = f"worker process {attrs[PID]} on {host} died mid-trial"
+        worker = trial.user_attrs.get(WORKER) or {}
+        if worker.get("host") == host and not _process_alive(worker["pid"], worker.get("started")):
+            reason = f"worker process {worker['pid']} on {host} died mid-trial"
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
                 if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
@@ -364,14 +377,14 @@ class Heartbeat:
             self.thread.join(timeout=5)
 
 
-def claim_trial(handle: StudyHandle) -> optuna.Trial | None:
-    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty."""
-    storage = handle.storage
-    study_id = storage.get_study_id_from_name(handle.name)
+def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
+    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty.
+
+    `study` must be freshly loaded (its trial cache not yet read): samplers read that cache."""
+    study_id = storage.get_study_id_from_name(study.study_name)
     for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                study = handle.load()
                 study.get_trials(deepcopy=False)  # Optuna's trial cache must know the trial
                 return optuna.Trial(study, waiting._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -381,35 +394,80 @@ def claim_trial(handle: StudyHandle) -> optuna.Trial | None:
 
 @dataclass
 class TrialOutcome:
+    """How a trial ended, and the study's best complete trial right after it (if any)."""
+
     number: int
     state: TrialState
     value: float | None
     seconds: float
     reason: str
+    best: FrozenTrial | None
 
 
-ReportFn = Callable[[TrialOutcome, optuna.Study], None]
+ReportFn = Callable[[TrialOutcome], None]
 
 
-def run_trial(handle: StudyHandle, trial: optuna.Trial, objective: Objective, tracker: Tracker) -> TrialOutcome:
-    """Run one claimed trial and close it in both stores with its true outcome.
+class SignalHold:
+    """Defers Ctrl-C and SIGTERM between `hold()` and `release()`, which raises a deferred one.
 
-    Ctrl-C / SIGTERM and fatal errors still close the trial (FAIL) and its run, then propagate.
-    """
-    started = time.monotonic()
+    Used around the bookkeeping that opens and closes a trial, so that a signal never leaves a
+    trial or a run half-open: it takes effect inside the trial's own `try`, or right after."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.pending = self.pending or signum
+
+    def hold(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._record) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def release(self, raise_pending: bool = True) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+        if raise_pending and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _open_trial(handle: StudyHandle, trial: optuna.Trial, tracker: Tracker) -> TrialRun:
+    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run."""
     storage = handle.storage
-    storage.set_trial_user_attr(trial._trial_id, HOST, socket.gethostname())
-    storage.set_trial_user_attr(trial._trial_id, PID, os.getpid())
-    storage.set_trial_user_attr(trial._trial_id, PROCESS_START, psutil.Process().create_time())
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+    storage.set_trial_user_attr(trial._trial_id, WORKER, worker)
     run = tracker.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
     storage.set_trial_user_attr(trial._trial_id, RUN_ID, run.run_id)
+    return run
 
+
+def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) -> TrialOutcome | None:
+    """Claim a queued trial, run it, and close it in both stores with its true outcome.
+
+    Returns None when no trial is queued. Ctrl-C, SIGTERM and fatal errors still close the trial
+    (FAIL) and its run (KILLED or FAILED), then propagate.
+    """
+    started = time.monotonic()
+    study = handle.load()
+    optuna.storages.fail_stale_trials(study)
+    signals = SignalHold()
+    signals.hold()
+    trial = claim_trial(study, handle.storage)
+    if trial is None:
+        signals.release()
+        return None
+    storage = handle.storage
     value: float | None = None
     reason = ""
     escaping: BaseException | None = None
     run_status = None
+    run: TrialRun | None = None
     with Heartbeat(storage, trial._trial_id):
         try:
+            run = _open_trial(handle, trial, tracker)
+            signals.release()  # a signal held since the claim is raised here
             value = objective(trial, run)
             state = TrialState.COMPLETE
         except optuna.TrialPruned as e:
@@ -422,27 +480,37 @@ def run_trial(handle: StudyHandle, trial: optuna.Trial, objective: Objective, tr
         except BaseException as e:
             state, escaping = TrialState.FAIL, e
             reason = f"{type(e).__name__}: {e}"
+        finally:
+            signals.release(raise_pending=False)
+            signals.hold()  # closing the trial is not interrupted; a signal waits until it is done
 
     seconds = time.monotonic() - started
     tags = {STATE_TAG: state.name, "automl.seconds": f"{seconds:.3f}"}
     if reason:
         tags[REASON_TAG] = reason[:5000]
     try:
-        if state == TrialState.FAIL:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
-        if state == TrialState.PRUNED:
-            storage.set_trial_user_attr(trial._trial_id, "pruned_reason", reason)
-        storage.set_trial_user_attr(trial._trial_id, "seconds", round(seconds, 3))
-        handle.load().tell(trial, value, state=state)
-    except STORAGE_ERRORS as e:
-        with contextlib.suppress(Exception):
-            run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
-        raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
-    if not isinstance(escaping, TrackingError):
-        run.end(run_status or run_status_for(state.name), tags)
+        try:
+            attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(state)
+            if attr:
+                storage.set_trial_user_attr(trial._trial_id, attr, reason)
+            storage.set_trial_user_attr(trial._trial_id, SECONDS, round(seconds, 3))
+            study.tell(trial, value, state=state)
+        except STORAGE_ERRORS as e:
+            if run is not None:
+                with contextlib.suppress(Exception):
+                    run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
+            raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
+        if run is not None and not isinstance(escaping, TrackingError):
+            run.end(run_status or run_status_for(state.name), tags)
+    finally:
+        signals.release(raise_pending=escaping is None)
     if escaping is not None:
         raise escaping
-    return TrialOutcome(trial.number, state, value, seconds, reason)
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        best = None
+    return TrialOutcome(trial.number, state, value, seconds, reason, best)
 
 
 def run_worker(
@@ -457,16 +525,13 @@ def run_worker(
     gc.collect()
     gc.freeze()  # libraries and data stay; the per-trial collection then only scans new objects
     while deadline is None or time.monotonic() < deadline:
-        study = handle.load()
-        optuna.storages.fail_stale_trials(study)
-        trial = claim_trial(handle)
-        if trial is None:
+        outcome = run_next_trial(handle, objective, tracker)
+        if outcome is None:
             break
-        outcome = run_trial(handle, trial, objective, tracker)
         done += 1
         release_memory()
         if report is not None:
-            report(outcome, handle.load())
+            report(outcome)
     return done
 
 
@@ -489,24 +554,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 # --- summary and the best model ------------------------------------------------------------------
-
-
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs, seconds, parameters, run id, reason."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
-            "epochs": len(t.intermediate_values),
-            "seconds": t.user_attrs.get("seconds"),
-            "n_parameters": t.user_attrs.get("n_parameters"),
-            **{f"param.{k}": v for k, v in t.params.items()},
-            "mlflow_run_id": t.user_attrs.get(RUN_ID),
-            "reason": t.user_attrs.get(FAIL_REASON) or t.user_attrs.get("pruned_reason", ""),
-        })
-    return pd.DataFrame(rows)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -553,6 +600,9 @@ def finalize(
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
+    with tempfile.TemporaryDirectory() as tmp:
+        if write_plots(study, Path(tmp)):
+            tracker.log_folder(handle.parent_run_id, Path(tmp), "plots")
     best = study.best_trial
     metric = space.metric
     test_metric = "test_" + metric.removeprefix("val_")

@@ -55,6 +55,12 @@ class Stores:
     def flags(self) -> list[str]:
         return ["--tracking-uri", self.tracking_uri, "--storage", self.storage_url]
 
+    def client(self):
+        """An MLflow client on these stores (registry included, whatever the process default)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+
 
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:

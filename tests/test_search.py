@@ -10,7 +10,6 @@ import mlflow
 import optuna
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 import automl
 from automl.data import load_dataset
@@ -40,7 +39,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path):
 
 
 def _runs(stores: Stores):
-    client = MlflowClient(stores.tracking_uri)
+    client = stores.client()
     experiment = client.get_experiment_by_name(STUDY)
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("automl.role") == "study"]
@@ -117,6 +116,7 @@ def test_champion_is_registered_and_loads_with_mlflow(finished) -> None:
     version = client.get_model_version_by_alias(STUDY, "champion")
     assert version.tags["trial"] == parents[0].data.tags["automl.best_trial"]
     mlflow.set_tracking_uri(stores.tracking_uri)
+    mlflow.set_registry_uri(stores.tracking_uri)
     model = mlflow.pytorch.load_model(f"models:/{STUDY}@champion")
     data = load_dataset("digits", seed=1)
     best = automl.load_best(STUDY, tracking_uri=stores.tracking_uri)

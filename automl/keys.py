@@ -1,0 +1,20 @@
+"""Names of the attributes this tool stores on Optuna studies and trials (one place for all)."""
+
+# study user attributes: how the study was created
+SPACE_TEXT = "automl.space_yaml"
+SPACE_SOURCE = "automl.space_source"
+SPACE_DIGEST = "automl.space_digest"
+METRIC = "automl.metric"
+BUDGET = "automl.n_trials"
+SEED = "automl.seed"
+TRACKING_URI = "automl.tracking_uri"
+EXPERIMENT_ID = "automl.experiment_id"
+PARENT_RUN_ID = "automl.parent_run_id"
+
+# trial user attributes
+RUN_ID = "mlflow_run_id"
+WORKER = "worker"  # {"host", "pid", "started"} of the process running the trial
+FAIL_REASON = "fail_reason"
+PRUNED_REASON = "pruned_reason"
+SECONDS = "seconds"
+N_PARAMETERS = "n_parameters"

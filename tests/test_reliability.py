@@ -1,0 +1,208 @@
+"""Crash safety, driven through the real CLI in subprocesses with real signals, checked through
+Optuna's and MLflow's own clients: nothing lost, nothing left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+
+from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, make_stores
+
+# trials long enough to be caught mid-training (about a second each on 2 cores)
+SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 40, trials: 4}")
+
+
+def start(stores: Stores, space: Path, *extra: str, study: str = "crash") -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, "-m", "automl", "search", "--space", str(space), "--study", study, "--device", "cpu",
+         *stores.flags(), *extra],
+        cwd=stores.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_running_trial(stores: Stores, study: str = "crash", after: int = 0, timeout: float = 120) -> None:
+    """Block until a trial numbered >= `after` is RUNNING with at least one epoch reported."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = optuna.load_study(study_name=study, storage=stores.storage_url).trials
+        except KeyError:
+            trials = []
+        if any(t.state.name == "RUNNING" and t.number >= after and t.intermediate_values for t in trials):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no trial started running in time")
+
+
+def states(stores: Stores, study: str = "crash") -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=study, storage=stores.storage_url).trials]
+
+
+def runs(stores: Stores, study: str = "crash") -> tuple[list, list]:
+    client = stores.client()
+    experiment = client.get_experiment_by_name(study)
+    found = client.search_runs([experiment.experiment_id], max_results=1000)
+    return ([r for r in found if r.data.tags.get("automl.role") == "study"],
+            [r for r in found if r.data.tags.get("automl.role") == "trial"])
+
+
+def assert_nothing_running(stores: Stores, study: str = "crash") -> None:
+    assert "RUNNING" not in states(stores, study)
+    parents, children = runs(stores, study)
+    assert all(r.info.status != "RUNNING" for r in parents + children), [
+        (r.info.run_name, r.info.status) for r in parents + children]
+
+
+@pytest.fixture
+def slow_space(tmp_path: Path) -> Path:
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW_SPACE)
+    return path
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_signal_closes_trial_and_runs_and_keeps_best_model(stores: Stores, slow_space: Path, signum: int,
+                                                            code: int) -> None:
+    process = start(stores, slow_space)
+    wait_for_running_trial(stores, after=1)  # trial 0 finished: there is a best model to keep
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    study = optuna.load_study(study_name="crash", storage=stores.storage_url)
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(interrupted) == 1
+    assert interrupted[0].user_attrs["fail_reason"] == ("interrupted (Ctrl-C)" if code == 130 else "terminated (SIGTERM)")
+    assert_nothing_running(stores)
+    parents, children = runs(stores)
+    assert parents[0].info.status == "KILLED"
+    run = next(c for c in children if c.info.run_id == interrupted[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert parents[0].data.tags["automl.best_trial"] == str(study.best_trial.number)
+    version = stores.client().get_model_version_by_alias("crash", "champion")
+    assert version.tags["trial"] == str(study.best_trial.number)
+
+
+def test_kill_9_then_same_command_resumes(stores: Stores, slow_space: Path) -> None:
+    process = start(stores, slow_space)
+    wait_for_running_trial(stores, after=1)
+    process.kill()  # SIGKILL: no handler runs
+    process.communicate(timeout=30)
+    before = optuna.load_study(study_name="crash", storage=stores.storage_url).trials
+    killed = [t for t in before if t.state.name == "RUNNING"]
+    assert len(killed) == 1 and before[0].state.name == "COMPLETE"
+    completed_run = before[0].user_attrs["mlflow_run_id"]
+
+    again = start(stores, slow_space)  # the same command
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "marked failed" in out
+    study = optuna.load_study(study_name="crash", storage=stores.storage_url)
+    assert len(study.trials) == 4  # --trials is the total: the resume ran only what was missing
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    lost = study.trials[killed[0].number]
+    assert lost.state.name == "FAIL" and "died mid-trial" in lost.user_attrs["fail_reason"]
+    assert_nothing_running(stores)
+    parents, children = runs(stores)
+    assert len(parents) == 1 and len(children) == 4
+    assert next(c for c in children if c.info.run_id == lost.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert next(c for c in children if c.info.run_id == completed_run).info.status == "FINISHED"
+
+
+def test_resume_with_more_trials_adds_only_the_difference(stores: Stores, write_space) -> None:
+    space = write_space()
+    assert cli("search", "--space", space, "--study", "more", *stores.flags()) == 0
+    assert cli("search", "--space", space, "--study", "more", "--trials", "5", "--resume", *stores.flags()) == 0
+    assert states(stores, "more") == ["COMPLETE"] * 5
+    parents, children = runs(stores, "more")
+    assert len(parents) == 1 and len(children) == 5
+
+
+def test_failing_trials_are_recorded_and_search_continues(stores: Stores, write_space) -> None:
+    """A diverging trial (lr 1e30: NaN loss) and a crashing one (a layer too large to allocate)."""
+    space = write_space(TINY_SPACE
+                        .replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 8}")
+                        .replace("width: {type: int, low: 16, high: 64, log: true}",
+                                 "width: {type: categorical, choices: [32, 100000000000]}")
+                        .replace("lr: {type: float, low: 3.0e-3, high: 1.0e-2, log: true}",
+                                 "lr: {type: categorical, choices: [0.005, 1.0e30]}")
+                        .replace("loss: {name: cross_entropy}", "loss: {name: mse}")
+                        .replace("name: {type: categorical, choices: [adam, sgd]}", "name: sgd"))
+    assert cli("search", "--space", space, "--study", "faults", "--seed", "8", *stores.flags()) == 0
+    study = optuna.load_study(study_name="faults", storage=stores.storage_url)
+    reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials if t.state.name == "FAIL"]
+    assert any("training loss became" in r for r in reasons), reasons
+    assert any("RuntimeError" in r and "alloc" in r for r in reasons), reasons
+    assert study.best_trial.params["lr"] == 0.005 and study.best_trial.params["width_0"] == 32
+    assert_nothing_running(stores, "faults")
+    _, children = runs(stores, "faults")
+    failed = {t.user_attrs["mlflow_run_id"] for t in study.trials if t.state.name == "FAIL"}
+    assert {c.info.run_id for c in children if c.info.status == "FAILED"} == failed
+
+
+def test_every_trial_failing_exits_1_without_a_model(stores: Stores, write_space, capsys) -> None:
+    space = write_space(TINY_SPACE.replace("lr: {type: float, low: 3.0e-3, high: 1.0e-2, log: true}", "lr: 1.0e9")
+                        .replace("name: {type: categorical, choices: [adam, sgd]}", "name: sgd"))
+    assert cli("search", "--space", space, "--study", "doomed", *stores.flags()) == 1
+    assert "all 3 finished trial(s)" in capsys.readouterr().err
+    assert states(stores, "doomed") == ["FAIL"] * 3
+    parents, _ = runs(stores, "doomed")
+    assert parents[0].info.status == "FAILED" and "automl.best_trial" not in parents[0].data.tags
+    assert stores.client().search_registered_models() == []
+
+
+def test_memory_stays_flat_over_50_trials(stores: Stores, write_space) -> None:
+    space = write_space(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 1, trials: 50}")
+                        .replace("high: 64", "high: 256"))
+    process = start(stores, space, "--quiet", study="long")
+    rss: dict[int, int] = {}
+    watcher = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            done = len([t for t in optuna.load_study(study_name="long", storage=stores.storage_url).trials
+                        if t.state.is_finished()])
+            rss[done] = watcher.memory_info().rss
+        except (KeyError, psutil.NoSuchProcess):
+            pass
+        time.sleep(0.1)
+    assert process.returncode == 0, process.stderr.read()
+    early = max(v for k, v in rss.items() if 5 <= k <= 10)
+    late = max(v for k, v in rss.items() if 40 <= k < 50)
+    assert late - early < 100 * 2**20, f"resident memory grew {(late - early) / 2**20:.0f} MiB from trial 10 to 50"
+
+
+def test_four_workers_on_the_default_sqlite_storage(stores: Stores, write_space) -> None:
+    space = write_space(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 12}"))
+    process = start(stores, space, "--workers", "4", study="four")
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert "database is locked" not in err
+    study = optuna.load_study(study_name="four", storage=stores.storage_url)
+    assert len(study.trials) == 12 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert sorted(t.number for t in study.trials) == list(range(12))
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) >= 2
+    parents, children = runs(stores, "four")
+    assert len(parents) == 1 and len(children) == 12
+    assert len({c.data.tags["automl.trial_number"] for c in children}) == 12
+
+
+def test_two_searches_on_one_study_share_it(stores: Stores, slow_space: Path) -> None:
+    space = slow_space.parent / "shared.yaml"
+    space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 6, trials: 8}"))
+    first = start(stores, space, study="shared")
+    second = start(stores, space, study="shared")
+    for process in (first, second):
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=stores.storage_url)
+    assert len(study.trials) == 8 and all(t.state.name == "COMPLETE" for t in study.trials)
+    parents, children = runs(stores, "shared")
+    assert len(parents) == 1 and len(children) == 8
+    versions = stores.client().search_model_versions("name='shared'")
+    assert {v.tags["trial"] for v in versions} == {str(study.best_trial.number)}
