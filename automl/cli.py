@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from automl import checks
 from automl.errors import FatalError, Terminated, UsageError
 from automl.progress import Progress
 
@@ -49,7 +50,7 @@ def _quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow", "alembic", "urllib3", "torch._dynamo"):
+    for name in ("mlflow", "alembic", "urllib3", "torch"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -177,10 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stores(args: argparse.Namespace) -> tuple[str, str | None]:
-    from automl.study import DEFAULT_STORAGE, check_storage_url, check_tracking_uri
-
-    storage = check_storage_url(args.storage or DEFAULT_STORAGE)
-    tracking = check_tracking_uri(args.tracking_uri) if args.tracking_uri else None
+    storage = checks.check_storage_url(args.storage or checks.DEFAULT_STORAGE)
+    tracking = checks.check_tracking_uri(args.tracking_uri) if args.tracking_uri else None
     return storage, tracking
 
 
@@ -210,13 +209,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from automl import study as st
     from automl.objective import Objective
     from automl.space import load_space
-    from automl.tracking import DEFAULT_TRACKING_URI, Tracker
+    from automl.tracking import Tracker
     from automl.train import resolve_device
 
     space = load_space(args.space)
-    name = st.check_study_name(args.study or space.name)
+    name = checks.check_study_name(args.study or space.name)
     storage_url, tracking_uri = _stores(args)
-    tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+    tracking_uri = tracking_uri or checks.DEFAULT_TRACKING_URI
     device = resolve_device(args.device)
     if args.retry_failed < 0:
         raise UsageError(f"--retry-failed: must be 0 or more, got {args.retry_failed}")
@@ -390,10 +389,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from automl import study as st
     from automl.objective import Objective
-    from automl.tracking import DEFAULT_TRACKING_URI, Tracker
+    from automl.tracking import Tracker
     from automl.train import resolve_device
 
-    name = st.check_study_name(args.study)
+    name = checks.check_study_name(args.study)
     storage_url, tracking_uri = _stores(args)
     device = resolve_device(args.device)
     _setup_threads(args.threads)
@@ -404,7 +403,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--study: no study named {name!r} in {storage_url}") from None
     space = st.space_of(study)
     attrs = study.user_attrs
-    tracking_uri = tracking_uri or attrs.get(st.TRACKING_URI, DEFAULT_TRACKING_URI)
+    tracking_uri = tracking_uri or attrs.get(st.TRACKING_URI, checks.DEFAULT_TRACKING_URI)
     if st.PARENT_RUN_ID not in attrs:
         raise UsageError(f"--study: study {name!r} has no MLflow run yet; start it with `automl search`")
     seed = int(attrs.get(st.SEED, 0))
@@ -433,16 +432,16 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     from automl import study as st
     from automl.best import study_run
-    from automl.tracking import DEFAULT_TRACKING_URI, Tracker
+    from automl.tracking import Tracker
 
-    name = st.check_study_name(args.study)
+    name = checks.check_study_name(args.study)
     storage_url, tracking_uri = _stores(args)
     storage = st.open_storage(storage_url)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise UsageError(f"--study: no study named {name!r} in {storage_url}") from None
-    tracking_uri = tracking_uri or study.user_attrs.get(st.TRACKING_URI, DEFAULT_TRACKING_URI)
+    tracking_uri = tracking_uri or study.user_attrs.get(st.TRACKING_URI, checks.DEFAULT_TRACKING_URI)
     try:
         trial = study.best_trial
     except ValueError:
@@ -489,14 +488,20 @@ def _load_study(name: str, storage_url: str) -> Any:
     from automl import study as st
 
     try:
-        return optuna.load_study(study_name=st.check_study_name(name), storage=st.open_storage(storage_url))
+        return optuna.load_study(study_name=checks.check_study_name(name), storage=st.open_storage(storage_url))
     except KeyError:
         raise UsageError(f"--study: no study named {name!r} in {storage_url}") from None
 
 
+def _records_json(table: Any) -> str:
+    """JSON records with full float precision; missing values become null."""
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    return json.dumps(records, indent=2, default=str)
+
+
 def _print_table(table: Any, as_json: bool) -> None:
     if as_json:
-        print(table.to_json(orient="records", indent=2, date_format="iso"))
+        print(_records_json(table))
     elif table.empty:
         print("(nothing yet)")
     else:
@@ -520,19 +525,17 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from automl import study as st
     from automl.report import studies_table
 
-    storage_url = st.check_storage_url(args.storage or st.DEFAULT_STORAGE)
+    storage_url = checks.check_storage_url(args.storage or checks.DEFAULT_STORAGE)
     _print_table(studies_table(st.open_storage(storage_url)), args.json)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from automl import study as st
     from automl.best import load_best, predict_table, read_inputs
-    from automl.tracking import DEFAULT_TRACKING_URI
     from automl.train import resolve_device
 
-    name = st.check_study_name(args.study)
-    tracking_uri = st.check_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
+    name = checks.check_study_name(args.study)
+    tracking_uri = checks.check_tracking_uri(args.tracking_uri or checks.DEFAULT_TRACKING_URI)
     device = resolve_device(args.device)
     missing = [p for p in args.inputs if not p.is_file()]
     if missing:
@@ -544,7 +547,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table.to_csv(args.output, index=False)
         print(f"{len(table)} prediction(s) written to {args.output}", file=sys.stderr)
     elif args.json:
-        print(table.to_json(orient="records", indent=2))
+        print(_records_json(table))
     else:
         print(table.to_csv(index=False, float_format="%.6f"), end="")
     return 0
@@ -554,14 +557,11 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from automl import study as st
-    from automl.tracking import DEFAULT_TRACKING_URI
-
-    uri = st.check_tracking_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
+    uri = checks.check_tracking_uri(args.tracking_uri or checks.DEFAULT_TRACKING_URI)
     if uri.startswith(("http://", "https://")):
         raise UsageError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
     if args.host not in LOOPBACK:
@@ -569,7 +569,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
               "MLflow's UI has no login", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"MLflow UI for {uri}: http://{shown}:{args.port}  (Ctrl-C to stop)", flush=True)
-    server = subprocess.Popen(command)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    server = subprocess.Popen(command, env=env)
     try:
         return server.wait()
     except KeyboardInterrupt:

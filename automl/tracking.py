@@ -33,9 +33,9 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from automl.checks import DEFAULT_TRACKING_URI  # noqa: E402
 from automl.errors import FatalError  # noqa: E402
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION = "champion"
 ROLE_TAG = "automl.role"
 STUDY_TAG = "automl.study"
@@ -46,6 +46,8 @@ BEST_TRIAL_TAG = "automl.best_trial"
 WEIGHTS_DIR = "weights"  # a trial's candidate best weights, on its child run
 BEST_DIR = "best_model"  # the study's best weights and configs, on the parent run
 MAX_PARAM_LENGTH = 6000
+# the MLflow UI opens such experiments in its "Model training" view (runs, metrics), not GenAI's
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 T = TypeVar("T")
 
@@ -160,7 +162,7 @@ class Tracker:
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return self.client.create_experiment(study_name)
+            return self.client.create_experiment(study_name, tags=EXPERIMENT_TAGS)
         except MlflowException:  # another process created it first
             found = self.client.get_experiment_by_name(study_name)
             if found is None:

@@ -69,7 +69,7 @@ def write_mnist_like(root: Path, n_train: int, n_test: int, seed: int = 0) -> tu
     def variants(index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         pick = rng.choice(index, n)
         shifts = rng.integers(-2, 3, (n, 2))
-        images = np.stack([np.roll(base[i], tuple(s), axis=(0, 1)) for i, s in zip(pick, shifts)])
+        images = np.stack([np.roll(base[i], tuple(s), axis=(0, 1)) for i, s in zip(pick, shifts, strict=False)])
         return images, labels[pick]
 
     train_x, train_y = variants(np.arange(cut), n_train)

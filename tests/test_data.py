@@ -82,7 +82,7 @@ def _write_csv(path: Path) -> Path:
     kind = rng.choice(["flat", "house", "loft"], n)
     price = size * 3 + (kind == "house") * 50 + rng.normal(0, 5, n)
     label = np.where(price > np.median(price), "high", "low")
-    lines = ["size,kind,price,label"] + [f"{s},{k},{p:.2f},{lab}" for s, k, p, lab in zip(size, kind, price, label)]
+    lines = ["size,kind,price,label"] + [f"{s},{k},{p:.2f},{lab}" for s, k, p, lab in zip(size, kind, price, label, strict=False)]
     lines[5] = "99.0,,{:.2f},low".format(price[4])  # a missing category
     path.write_text("\n".join(lines) + "\n")
     return path

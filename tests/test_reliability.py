@@ -3,7 +3,6 @@ Optuna's and MLflow's own clients: nothing lost, nothing left RUNNING."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -13,7 +12,7 @@ import optuna
 import psutil
 import pytest
 
-from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, make_stores
+from tests.conftest import PYTHON, TINY_SPACE, Stores, cli
 
 # trials long enough to be caught mid-training (about a second each on 2 cores)
 SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 40, trials: 4}")

@@ -14,7 +14,7 @@ import torch
 import automl
 from automl.data import load_dataset
 from automl.train import evaluate
-from tests.conftest import PYTHON, ROOT, TINY_SPACE, Stores, cli, make_stores
+from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, make_stores
 
 # sgd with lr 1e9 diverges (FAIL); the median pruner with no warm-up prunes weak trials (PRUNED)
 MIXED_SPACE = (TINY_SPACE
