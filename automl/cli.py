@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 runtime failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -15,8 +14,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from automl import checks
@@ -26,14 +25,23 @@ from automl.progress import Progress
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "digits_mlp.yaml"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -72,7 +80,7 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds between a running trial's heartbeats (default 10)")
     p.add_argument("--grace-period", type=_positive_int, default=60,
                    help="seconds without heartbeat after which a trial counts as lost (default 60)")
-    p.add_argument("--retry-failed", type=int, default=0, metavar="N",
+    p.add_argument("--retry-failed", type=_non_negative_int, default=0, metavar="N",
                    help="re-run a trial whose worker was lost, at most N times (default 0)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for training (default: all)")
     p.add_argument("--quiet", action="store_true", help="only errors and the final summary")
@@ -96,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=_positive_int, help="total trials in the study (default: from the space)")
     search.add_argument("--study", help="study name (default: the space file's name)")
     search.add_argument("--seed", type=int, help="seed of the splits, the sampler and the trials (default 0)")
-    search.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (default 1)")
+    search.add_argument("--workers", type=_non_negative_int,
+                        help="worker processes on this machine (default: one per GPU, or 1 on the CPU); "
+                             "0 only creates the study, waits for workers elsewhere and summarises")
+    search.add_argument("--workers-per-gpu", type=_positive_int, default=1,
+                        help="workers on each GPU when --workers is not given (default 1)")
+    search.add_argument("--launcher", choices=("local", "ray"), default="local",
+                        help="start workers as local processes (default) or as Ray tasks")
     search.add_argument("--resume", action="store_true", help="continue an existing study (error if there is none)")
     _common_store_flags(search)
     _worker_flags(search)
@@ -104,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="join an existing study and run its queued trials")
     worker.add_argument("--study", required=True)
-    worker.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--worker-index", type=_non_negative_int, default=0,
+                        help="this worker's number: offsets its sampler seed from the other workers' (default 0)")
     _common_store_flags(worker)
     _worker_flags(worker)
     worker.set_defaults(func=cmd_worker)
@@ -206,6 +221,7 @@ def _setup_threads(threads: int | None) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     import optuna
 
+    from automl import launch
     from automl import study as st
     from automl.objective import Objective
     from automl.space import load_space
@@ -217,8 +233,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     storage_url, tracking_uri = _stores(args)
     tracking_uri = tracking_uri or checks.DEFAULT_TRACKING_URI
     device = resolve_device(args.device)
-    if args.retry_failed < 0:
-        raise UsageError(f"--retry-failed: must be 0 or more, got {args.retry_failed}")
+    gpus = launch.visible_gpus() if device.type == "cuda" else []
+    if args.workers is not None:
+        workers = args.workers
+    else:  # one worker per GPU (times --workers-per-gpu), or one on the CPU
+        workers = len(gpus) * args.workers_per_gpu if gpus else 1
+    if args.launcher == "ray" and workers < 1:
+        raise UsageError("--workers: the Ray launcher needs at least one worker")
     n_trials = args.trials or space.trials
     timeout = args.timeout or space.timeout
     seed = 0 if args.seed is None else args.seed
@@ -248,7 +269,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             seed, experiment_id, parent)
     sizes = f"{len(data.train)}/{len(data.val)}/{len(data.test)}"
     print(f"study {name}: {'created' if created else 'resumed'}, {n_trials} trials in all, {queued} queued "
-          f"now; data {data.name} (train/val/test {sizes}); device {device}; workers {args.workers}", flush=True)
+          f"now; data {data.name} (train/val/test {sizes}); device {device}; workers {workers}", flush=True)
     print(f"  optuna storage {storage_url}; mlflow {tracking_uri} (experiment {experiment_id}, run {parent})",
           flush=True)
 
@@ -261,11 +282,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         if swept:
             print(f"  {swept} trial(s) left running by a dead worker marked failed", flush=True)
         tracker.set_status(parent, "RUNNING")
-        if args.workers == 1:
+        plan = launch.WorkerPlan(
+            name, launch.absolute_sqlite(storage_url), launch.absolute_sqlite(tracking_uri),
+            str(Path(args.data_dir).resolve()), args.device, args.heartbeat_interval, args.grace_period,
+            args.retry_failed, timeout, args.quiet)
+        if args.launcher == "ray":
+            launch.run_ray_workers(plan, workers, args.threads)
+        elif workers == 1 and len(gpus) <= 1:
             objective = Objective(space, data.to(device), seed)
             st.run_worker(handle, objective, tracker, deadline, progress.trial)
-        else:
-            _run_worker_processes(args, handle, storage_url, tracking_uri, timeout, progress)
+        elif workers > 0:
+            launch.run_local_workers(plan, workers, args.threads, gpus, handle, progress)
+        launch.wait_for_other_workers(handle, progress, deadline, include_queued=workers == 0)
     except Terminated:
         exit_code, status = 143, "KILLED"
     except KeyboardInterrupt:
@@ -311,74 +339,6 @@ def _print_summary(name: str, handle: Any, tracking_uri: str, best: Any) -> None
         print(line)
         print(f"  reload: automl.load_best({name!r}) or mlflow.pytorch.load_model('models:/{name}@champion')")
     print(f"  view: mlflow ui --backend-store-uri {tracking_uri}")
-
-
-def _run_worker_processes(args: argparse.Namespace, handle: Any, storage_url: str, tracking_uri: str,
-                          timeout: float | None, progress: Progress) -> None:
-    """Start `--workers` worker processes on this study; show their progress; forward Ctrl-C and
-    SIGTERM to them; wait for them all."""
-    name = handle.name
-    cpus = os.cpu_count() or 1
-    threads = args.threads or max(1, cpus // args.workers)
-    gpus = _visible_gpus()
-    processes = []
-    for index in range(args.workers):
-        command = [sys.executable, "-m", "automl", "worker", "--study", name, "--storage", storage_url,
-                   "--tracking-uri", tracking_uri, "--data-dir", args.data_dir, "--device", args.device,
-                   "--threads", str(threads), "--worker-index", str(index),
-                   "--heartbeat-interval", str(args.heartbeat_interval),
-                   "--grace-period", str(args.grace_period), "--retry-failed", str(args.retry_failed)]
-        if timeout:
-            command += ["--timeout", str(timeout)]
-        if args.quiet or progress.bar is not None:  # on a terminal this process draws the one bar
-            command.append("--quiet")
-        env = dict(os.environ)
-        if gpus and args.device in ("auto", "cuda"):
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        # own session: a terminal's Ctrl-C reaches this process only, which forwards it once
-        processes.append(subprocess.Popen(command, env=env, start_new_session=True))
-    try:
-        while any(process.poll() is None for process in processes):
-            if progress.bar is not None:
-                study = handle.load()
-                finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-                complete = [t for t in finished if t.state.name == "COMPLETE"]
-                progress.poll(len(finished), study.best_trial if complete else None)
-            time.sleep(1.0)
-    except KeyboardInterrupt as e:
-        forwarded = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-        with _signals_ignored():
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(forwarded)
-            for process in processes:
-                process.wait()
-        raise
-    failed = [p.returncode for p in processes if p.returncode not in (0,)]
-    if failed:
-        raise FatalError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Ignore further Ctrl-C / SIGTERM while the workers close their trials."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _visible_gpus() -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        return [g for g in visible.split(",") if g.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 # --- worker ----------------------------------------------------------------------------------

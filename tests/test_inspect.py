@@ -255,7 +255,8 @@ def test_browser_shows_nested_trial_runs(ui, done, tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
             page.goto(f"{ui}/#/experiments/{experiment}/runs")
             page.wait_for_selector(f"text={STUDY}", timeout=90_000)
-            page.locator("button[data-component-id*='runnamecellrenderer']").first.click()  # expand
+            for expander in page.locator("button[data-component-id*='runnamecellrenderer']").all():
+                expander.click()  # expand every study run (a later test adds a second one)
             page.wait_for_selector("text=trial-0", timeout=30_000)
             assert page.locator("text=/^trial-\\d+$/").count() >= 6
             close = page.get_by_role("button", name="Close")

@@ -1,0 +1,200 @@
+"""Starting workers on one study: local processes (pinned to GPUs), Ray tasks, and waiting for
+workers elsewhere. Every worker is `python -m automl worker` (or its `main` in a Ray task), so a
+trial runs the same way wherever it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from automl.errors import FatalError, Terminated, UsageError
+from automl.keys import FAIL_REASON, PRUNED_REASON, SECONDS
+from automl.progress import Progress
+from automl.study import StudyHandle, TrialOutcome
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class WorkerPlan:
+    """What every worker of a search is told (URLs must make sense on the worker's machine)."""
+
+    study: str
+    storage_url: str
+    tracking_uri: str
+    data_dir: str
+    device: str
+    heartbeat_interval: int
+    grace_period: int
+    retry_failed: int
+    timeout: float | None
+    quiet: bool
+
+    def argv(self, index: int, threads: int | None) -> list[str]:
+        args = ["worker", "--study", self.study, "--storage", self.storage_url,
+                "--tracking-uri", self.tracking_uri, "--data-dir", self.data_dir, "--device", self.device,
+                "--worker-index", str(index), "--heartbeat-interval", str(self.heartbeat_interval),
+                "--grace-period", str(self.grace_period), "--retry-failed", str(self.retry_failed)]
+        if threads:
+            args += ["--threads", str(threads)]
+        if self.timeout:
+            args += ["--timeout", str(self.timeout)]
+        if self.quiet:
+            args.append("--quiet")
+        return args
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///relative.db as an absolute path, so workers in other folders find the same file."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    return str(parsed.set(database=str(Path(parsed.database).expanduser().resolve())))
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use (honouring CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ignore further Ctrl-C / SIGTERM while the workers close their trials."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_local_workers(plan: WorkerPlan, workers: int, threads: int | None, gpus: list[str],
+                      handle: StudyHandle, progress: Progress) -> None:
+    """`workers` worker processes on this machine, each pinned to one GPU (round robin) when there
+    are GPUs; forwards Ctrl-C and SIGTERM to them and waits for them all."""
+    threads = threads or (None if gpus else max(1, (os.cpu_count() or 1) // workers))
+    processes = []
+    for index in range(workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        # on a terminal this process draws the one progress bar; the workers stay quiet
+        quiet = plan.quiet or progress.bar is not None
+        argv = WorkerPlan(**{**plan.__dict__, "quiet": quiet}).argv(index, threads)
+        # own session: a terminal's Ctrl-C reaches this process only, which forwards it once
+        processes.append(subprocess.Popen([sys.executable, "-m", "automl", *argv], env=env,
+                                          start_new_session=True))
+    try:
+        while any(p.poll() is None for p in processes):
+            _poll_progress(handle, progress)
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt as e:
+        forwarded = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        with _signals_ignored():
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(forwarded)
+            for process in processes:
+                process.wait()
+        raise
+    failed = [p.returncode for p in processes if p.returncode != 0]
+    if failed:
+        raise FatalError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
+
+
+def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None:
+    """`workers` Ray tasks, one GPU each where the cluster has GPUs, on the cluster RAY_ADDRESS
+    names (or a local Ray instance started here)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every worker's trial lines, not a digest
+    try:
+        import ray
+    except ImportError:
+        raise UsageError('--launcher ray: Ray is not installed (pip install "automl[ray]")') from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False, log_to_driver=not plan.quiet)
+    try:
+        gpus_per_task = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(_ray_worker).options(num_gpus=gpus_per_task, num_cpus=threads or 1,
+                                               max_retries=0)
+        futures = [task.remote(plan.argv(index, threads)) for index in range(workers)]
+        try:
+            codes = ray.get(futures)
+        except KeyboardInterrupt:
+            for future in futures:
+                ray.cancel(future)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()
+    failed = [c for c in codes if c != 0]
+    if failed:
+        raise FatalError(f"{len(failed)} Ray worker task(s) failed (exit codes {failed})")
+
+
+def _ray_worker(argv: list[str]) -> int:
+    """One worker inside a Ray task (Ray sets CUDA_VISIBLE_DEVICES to the task's GPU)."""
+    from automl.cli import main
+
+    return main(argv)
+
+
+def wait_for_other_workers(handle: StudyHandle, progress: Progress, deadline: float | None,
+                           include_queued: bool) -> None:
+    """Wait until no trial is running on any worker (and, with `include_queued`, none is queued),
+    failing trials whose worker stopped sending heartbeats. Reports each trial that finishes."""
+    reported = {t.number for t in handle.load().get_trials(deepcopy=False) if t.state.is_finished()}
+    announced = False
+    while deadline is None or time.monotonic() < deadline:
+        study = handle.load()
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        for trial in trials:
+            if trial.state.is_finished() and trial.number not in reported:
+                reported.add(trial.number)
+                progress.trial(_outcome(trial, study))
+        busy = [t for t in trials if t.state == TrialState.RUNNING
+                or (include_queued and t.state == TrialState.WAITING)]
+        if not busy:
+            return
+        if not announced and progress.bar is None and not progress.quiet:
+            print(f"waiting for {len(busy)} trial(s) on other workers ...", flush=True)
+            announced = True
+        time.sleep(POLL_SECONDS)
+
+
+def _outcome(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialOutcome:
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    reason = trial.user_attrs.get(FAIL_REASON) or trial.user_attrs.get(PRUNED_REASON, "")
+    return TrialOutcome(trial.number, trial.state, trial.value, float(trial.user_attrs.get(SECONDS, 0.0)),
+                        reason, best)
+
+
+def _poll_progress(handle: StudyHandle, progress: Progress) -> None:
+    if progress.bar is None:
+        return
+    study = handle.load()
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    complete = any(t.state == TrialState.COMPLETE for t in finished)
+    progress.poll(len(finished), study.best_trial if complete else None)
