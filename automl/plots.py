@@ -6,6 +6,9 @@ timeline."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +50,9 @@ def _evaluator() -> Any:
 
 def _top_params(study: optuna.Study) -> list[str] | None:
     try:
-        return list(optuna.importance.get_param_importances(study, evaluator=_evaluator()))[:TOP_PARAMS]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "few trials" notes: the plot itself says as much
+            return list(optuna.importance.get_param_importances(study, evaluator=_evaluator()))[:TOP_PARAMS]
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
 
@@ -145,3 +150,37 @@ def _all_axes(axes: Any) -> list[Any]:
         return [ax for ax in axes.flatten()]
     except AttributeError:
         return [axes]
+
+
+class PlotJob:
+    """Draws a study's plots in a forked child process while the caller goes on (logging the
+    best model takes seconds too); inline where fork does not exist. The child gets an in-memory
+    copy of the finished trials, never the parent's database connections."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        snapshot = optuna.create_study(study_name=study.study_name, directions=study.directions)
+        snapshot.add_trials(study.get_trials(deepcopy=False, states=finished))
+        self.folder = Path(tempfile.mkdtemp(prefix="automl-plots-"))
+        self.process = None
+        if "fork" in multiprocessing.get_all_start_methods():
+            self.process = multiprocessing.get_context("fork").Process(
+                target=write_plots, args=(snapshot, self.folder), daemon=True)
+            self.process.start()
+        else:
+            write_plots(snapshot, self.folder)
+
+    def result(self, timeout: float = 300) -> Path | None:
+        """The folder of plot files once drawn (None if none could be drawn)."""
+        if self.process is not None:
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
+                logger.warning("plots not drawn within %s s", timeout)
+        return self.folder if any(self.folder.iterdir()) else None
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -453,7 +453,7 @@ def parse_space(text: str, source: str) -> SearchSpace:
         "weight_decay": reader.param(optimizer_doc, "weight_decay", "optimizer",
                                      NON_NEGATIVE_FLOAT, default=0.0),
     }
-    option_rules = {
+    option_rules = {  # (rule, default); rmsprop's momentum defaults to torch's 0, not 0.9
         "momentum": (FRACTION, 0.9),
         "nesterov": (BOOL, False),
         "beta1": (FRACTION, 0.9),
@@ -462,17 +462,13 @@ def parse_space(text: str, source: str) -> SearchSpace:
     }
     optimizer_options: dict[str, dict[str, Param]] = {}
     for name, keys in OPTIMIZER_OPTIONS.items():
-        section = optimizer_doc.get(name, {})
-        if name in optimizer_doc:
-            if not isinstance(section, dict):
-                raise reader.fail(f"optimizer.{name}", f"expected a mapping, got {_show(section)}")
-            if name not in optimizer.values():
-                raise reader.fail(f"optimizer.{name}", f"set, but {name!r} is not among the optimizers")
-            reader.no_unknown(section, f"optimizer.{name}", set(keys))
+        section = reader.mapping(optimizer_doc, name, "optimizer")
+        if section and name not in optimizer.values():
+            raise reader.fail(f"optimizer.{name}", f"set, but {name!r} is not among the optimizers")
+        reader.no_unknown(section, f"optimizer.{name}", set(keys))
         optimizer_options[name] = {
             key: reader.param(section, key, f"optimizer.{name}", option_rules[key][0],
-                              default=0.0 if (name, key) == ("rmsprop", "momentum")
-                              else option_rules[key][1])
+                              default=0.0 if (name, key) == ("rmsprop", "momentum") else option_rules[key][1])
             for key in keys
         }
 

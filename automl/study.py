@@ -49,7 +49,7 @@ from automl.keys import (
     WORKER,
 )
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
-from automl.plots import write_plots
+from automl.plots import PlotJob
 from automl.report import trials_table
 from automl.space import PRUNERS, SAMPLERS, SearchSpace, parse_space
 from automl.tracking import (
@@ -329,11 +329,11 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> opt
     """Atomically take one WAITING trial from the budget pool, or None when the pool is empty.
 
     `study` must be freshly loaded (its trial cache not yet read): samplers read that cache."""
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    # one read fills the study's trial cache (which must know the trial) and lists the pool;
+    # the cache re-reads unfinished trials on its next read, so it sees the claim
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                study.get_trials(deepcopy=False)  # Optuna's trial cache must know the trial
                 return optuna.Trial(study, waiting._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -520,7 +520,7 @@ class BestModel:
     test_metrics: dict[str, float]
     model_uri: str
     version: str
-    champion: bool
+    champion: bool | None  # whether this search moved the champion alias (None: logged earlier)
 
 
 def better(a: float, b: float, direction: str) -> bool:
@@ -536,7 +536,6 @@ def finalize(
     completed (nothing is logged or registered then).
     """
     study = handle.load()
-    space = handle.space
     totals = counts(study)
     summary_metrics = {f"n_{k.lower()}": float(v) for k, v in totals.items()
                        if k in ("COMPLETE", "PRUNED", "FAIL")}
@@ -548,9 +547,21 @@ def finalize(
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        if write_plots(study, Path(tmp)):
-            tracker.log_folder(handle.parent_run_id, Path(tmp), "plots")
+    plots = PlotJob(study)  # drawn in a child process while the best model is logged
+    try:
+        best = _log_best(handle, tracker, data, study, summary_metrics, table, say)
+        folder = plots.result()
+        if folder is not None:
+            tracker.log_folder(handle.parent_run_id, folder, "plots")
+        return best
+    finally:
+        plots.cleanup()
+
+
+def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optuna.Study,
+              summary_metrics: dict[str, float], table: Any, say: Callable[[str], None]) -> BestModel:
+    """Evaluate the best trial's kept weights on the test split; log, register and crown it."""
+    space = handle.space
     best = study.best_trial
     metric = space.metric
     test_metric = "test_" + metric.removeprefix("val_")
@@ -559,7 +570,9 @@ def finalize(
     summary_metrics[f"best_{metric}"] = float(best.value)
     if tags.get(BEST_TRIAL_TAG) == str(best.number):  # already logged by an earlier summary
         tracker.log_summary(handle.parent_run_id, {}, summary_metrics, best_tags, table)
-        return None
+        logged = tracker.metrics(handle.parent_run_id)
+        return BestModel(best.number, float(best.value), {k: v for k, v in logged.items() if k.startswith("test_")},
+                         tags.get("automl.best_model_uri", ""), tags.get("automl.registered_version", ""), None)
 
     run_id = best.user_attrs.get(RUN_ID)
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ SIGKILL, and the Ray launcher on a local Ray instance. Every service is real."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -56,34 +57,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(pg_database, tmp_path: Path):
-    """`mlflow server` on a free loopback port, PostgreSQL backend store, proxied artifacts."""
+def start_mlflow_server(backend: str, folder: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a free loopback port with proxied artifacts; returns (process, URL)."""
     port = _free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
+    log = folder / "mlflow-server.log"
     server = subprocess.Popen(
-        [PYTHON, "-m", "mlflow", "server", "--backend-store-uri", pg_database(),
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        [PYTHON, "-m", "mlflow", "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True)  # its own process group: the server and its uvicorn workers
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
+                return server, url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow-server.log").read_text()[-3000:])
+                pytest.fail("mlflow server did not start: " + log.read_text()[-3000:])
             time.sleep(0.5)
-    yield url
-    server.terminate()
+
+
+def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    """Signal the server's whole process group (the server and its workers) and wait."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
     try:
-        server.wait(timeout=30)
+        process.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def mlflow_server(pg_database, tmp_path: Path):
+    """A tracking server with a PostgreSQL backend store."""
+    server, url = start_mlflow_server(pg_database(), tmp_path)
+    yield url
+    stop(server)
 
 
 def _automl(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
@@ -91,6 +104,7 @@ def _automl(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database, mlflow_server, tmp_path: Path) -> None:
     storage = pg_database()
     space = tmp_path / "dist.yaml"
@@ -146,6 +160,7 @@ def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database
     assert client.get_model_version_by_alias("dist", "champion").version == versions[0].version
 
 
+@pytest.mark.slow
 def test_search_runs_its_own_workers_on_postgres(pg_database, tmp_path: Path, mlflow_template) -> None:
     from tests.conftest import make_stores
 
@@ -160,6 +175,7 @@ def test_search_runs_its_own_workers_on_postgres(pg_database, tmp_path: Path, ml
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
 
 
+@pytest.mark.slow
 def test_ray_launcher_on_a_local_ray_instance(tmp_path: Path, mlflow_template) -> None:
     pytest.importorskip("ray", reason='the Ray launcher needs Ray (pip install "automl[ray]")')
     from tests.conftest import make_stores
@@ -176,6 +192,71 @@ def test_ray_launcher_on_a_local_ray_instance(tmp_path: Path, mlflow_template) -
     client = stores.client()
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len([r for r in runs if r.data.tags.get("automl.role") == "trial"]) == 6
+
+
+def _wait_for_finished_trial(storage: str, study: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            trials = optuna.load_study(study_name=study, storage=storage).trials
+        except KeyError:
+            trials = []
+        if any(t.state.is_finished() for t in trials) and any(t.state.name == "RUNNING" for t in trials):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no trial finished in time")
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_search_stops_with_a_clear_error(tmp_path: Path) -> None:
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    server, url = start_mlflow_server(backend, tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = tmp_path / "lost.yaml"
+    space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 30, trials: 6}"))
+    search = _automl("search", "--space", str(space), "--storage", storage, "--tracking-uri", url, cwd=tmp_path)
+    try:
+        _wait_for_finished_trial(storage, "lost", search)
+    finally:
+        stop(server, signal.SIGKILL)  # the tracking server is gone mid-trial
+    started = time.monotonic()
+    out, err = search.communicate(timeout=300)
+    assert search.returncode == 1, err
+    assert time.monotonic() - started < 120
+    assert f"MLflow tracking ({url}) failed to" in err
+    study = optuna.load_study(study_name="lost", storage=storage)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert any("TrackingError" in t.user_attrs.get("fail_reason", "") for t in study.trials)
+    assert "best trial" not in out  # no best model was reported...
+    assert MlflowClient(backend, registry_uri=backend).search_registered_models() == []  # ...or registered
+
+
+@pytest.mark.slow
+def test_storage_database_dropped_mid_search_stops_with_a_clear_error(pg_database, tmp_path: Path,
+                                                                       mlflow_template) -> None:
+    from tests.conftest import make_stores
+
+    stores = make_stores(tmp_path, mlflow_template)
+    storage = pg_database()
+    space = tmp_path / "dropped.yaml"
+    space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 30, trials: 6}"))
+    search = _automl("search", "--space", str(space), "--storage", storage, "--tracking-uri", stores.tracking_uri,
+                     cwd=tmp_path)
+    _wait_for_finished_trial(storage, "dropped", search)
+    connection = _postgres()
+    connection.execute(f'DROP DATABASE "{storage.rsplit("/", 1)[1]}" WITH (FORCE)')  # the database is gone
+    connection.close()
+    started = time.monotonic()
+    out, err = search.communicate(timeout=300)
+    assert search.returncode == 1, err
+    assert time.monotonic() - started < 120
+    assert "Optuna storage failed" in err
+    assert "best trial" not in out
+    client = stores.client()
+    runs = client.search_runs([client.get_experiment_by_name("dropped").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert client.search_registered_models() == []
 
 
 def test_kubernetes_job_manifest_runs_automl_workers() -> None:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import PYTHON, TINY_SPACE, Stores, cli
 
 # trials long enough to be caught mid-training (about a second each on 2 cores)
-SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 40, trials: 4}")
+SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 25, trials: 4}")
 
 
 def start(stores: Stores, space: Path, *extra: str, study: str = "crash") -> subprocess.Popen:
@@ -156,6 +156,7 @@ def test_every_trial_failing_exits_1_without_a_model(stores: Stores, write_space
     assert stores.client().search_registered_models() == []
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_50_trials(stores: Stores, write_space) -> None:
     space = write_space(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 1, trials: 50}")
                         .replace("high: 64", "high: 256"))
@@ -176,8 +177,9 @@ def test_memory_stays_flat_over_50_trials(stores: Stores, write_space) -> None:
     assert late - early < 100 * 2**20, f"resident memory grew {(late - early) / 2**20:.0f} MiB from trial 10 to 50"
 
 
+@pytest.mark.slow
 def test_four_workers_on_the_default_sqlite_storage(stores: Stores, write_space) -> None:
-    space = write_space(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 12}"))
+    space = write_space(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 1, trials: 12}"))
     process = start(stores, space, "--workers", "4", study="four")
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
@@ -193,15 +195,15 @@ def test_four_workers_on_the_default_sqlite_storage(stores: Stores, write_space)
 
 def test_two_searches_on_one_study_share_it(stores: Stores, slow_space: Path) -> None:
     space = slow_space.parent / "shared.yaml"
-    space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 6, trials: 8}"))
+    space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 4, trials: 6}"))
     first = start(stores, space, study="shared")
     second = start(stores, space, study="shared")
     for process in (first, second):
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
     study = optuna.load_study(study_name="shared", storage=stores.storage_url)
-    assert len(study.trials) == 8 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
     parents, children = runs(stores, "shared")
-    assert len(parents) == 1 and len(children) == 8
+    assert len(parents) == 1 and len(children) == 6
     versions = stores.client().search_model_versions("name='shared'")
     assert {v.tags["trial"] for v in versions} == {str(study.best_trial.number)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import automl
+import automl.errors
 from automl.data import load_dataset
 from automl.train import evaluate
 from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, make_stores
@@ -161,3 +163,34 @@ def test_cli_subprocess_smoke(tmp_path: Path, mlflow_template: Path) -> None:
     assert len(lines) == 3 and all("COMPLETE" in line and "best" in line for line in lines)
     assert "@champion" in done.stdout or "champion" in done.stderr + done.stdout
     assert (tmp_path / "mlruns").is_dir()
+
+
+def _best_model_file(stores: Stores, name: str) -> Path:
+    """The study run's best-model artifact on disk (the local artifact store under ./mlruns)."""
+    _, parents, _ = _runs(stores)
+    root = parents[0].info.artifact_uri.removeprefix("file://")
+    return Path(root) / "best_model" / name
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("model.safetensors", lambda b: b[:40] + b"\x00" * 16 + b[56:], "unreadable weights (corrupt or tampered)"),
+    ("model_config.json", lambda b: b.replace(b'"widths": [', b'"widths": [7, '), "weights do not match model_config.json"),
+], ids=["tampered-weights", "config-mismatch"])
+def test_reload_refuses_tampered_files(finished, capsys, name, change, message) -> None:
+    stores, _ = finished
+    path = _best_model_file(stores, name)
+    original = path.read_bytes()
+    path.write_bytes(change(original))
+    try:
+        with pytest.raises(automl.errors.FatalError, match=re.escape(message)):
+            automl.load_best(STUDY, tracking_uri=stores.tracking_uri)
+        capsys.readouterr()
+        np_file = stores.folder / "one.npy"
+        import numpy as np
+
+        np.save(np_file, load_dataset("digits", seed=1).test.x[:1].float().numpy())
+        assert cli("predict", "--study", STUDY, np_file, "--tracking-uri", stores.tracking_uri) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    finally:
+        path.write_bytes(original)
