@@ -174,7 +174,10 @@ def test_memory_stays_flat_over_50_trials(stores: Stores, write_space) -> None:
     assert process.returncode == 0, process.stderr.read()
     early = max(v for k, v in rss.items() if 5 <= k <= 10)
     late = max(v for k, v in rss.items() if 40 <= k < 50)
-    assert late - early < 100 * 2**20, f"resident memory grew {(late - early) / 2**20:.0f} MiB from trial 10 to 50"
+    growth = (late - early) / 2**20
+    print(f"resident memory: {early / 2**20:.0f} MiB around trial 10, {late / 2**20:.0f} MiB around trial 50 "
+          f"(growth {growth:.1f} MiB)")
+    assert growth < 100, f"resident memory grew {growth:.0f} MiB from trial 10 to 50"
 
 
 @pytest.mark.slow
