@@ -66,6 +66,8 @@ from automl.tracking import (
 from automl.train import evaluate
 
 SQLITE_TIMEOUT_S = 120
+
+
 # --- storage, sampler, pruner ----------------------------------------------------------------------
 
 
