@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--launcher", choices=("local", "ray"), default="local",
                         help="start workers as local processes (default) or as Ray tasks")
     search.add_argument("--resume", action="store_true", help="continue an existing study (error if there is none)")
+    search.add_argument("--sampler", choices=("tpe", "random", "qmc", "gp"),
+                        help="the Optuna sampler, instead of the space's (a new study only)")
+    search.add_argument("--pruner", choices=("median", "percentile", "successive_halving", "hyperband", "none"),
+                        help="the Optuna pruner, instead of the space's (a new study only)")
     _common_store_flags(search)
     _worker_flags(search)
     search.set_defaults(func=cmd_search)
@@ -229,6 +233,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from automl.train import resolve_device
 
     space = load_space(args.space)
+    if args.pruner == "percentile":
+        raise UsageError("--pruner: percentile needs its `percentile` option: set it in the space's pruner section")
+    space = st.with_algorithms(space, args.sampler, args.pruner)
     name = checks.check_study_name(args.study or space.name)
     storage_url, tracking_uri = _stores(args)
     tracking_uri = tracking_uri or checks.DEFAULT_TRACKING_URI
@@ -253,6 +260,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     tracker = Tracker(tracking_uri)
     with st.budget_lock(storage_url, name):
         study, created = st.create_or_load(name, storage, space, seed)
+        stored = st.space_of(study)  # a resumed study keeps the sampler and pruner it began with
+        if (args.sampler or stored.sampler) != stored.sampler or (args.pruner or stored.pruner) != stored.pruner:
+            raise UsageError(f"--sampler/--pruner: study {name!r} uses sampler {stored.sampler!r} and pruner "
+                             f"{stored.pruner!r}; a study keeps them (use another --study name)")
+        space = stored
         stored_seed = study.user_attrs.get(st.SEED, seed)
         if stored_seed != seed:
             if args.seed is not None:
@@ -290,7 +302,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             launch.run_ray_workers(plan, workers, args.threads)
         elif workers == 1 and len(gpus) <= 1:
             objective = Objective(space, data.to(device), seed)
-            st.run_worker(handle, objective, tracker, deadline, progress.trial)
+            st.run_worker(handle, objective, tracker, deadline, progress.trial, linger=args.retry_failed > 0)
         elif workers > 0:
             launch.run_local_workers(plan, workers, args.threads, gpus, handle, progress)
         launch.wait_for_other_workers(handle, progress, deadline, include_queued=workers == 0)
@@ -378,7 +390,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     objective = Objective(space, data.to(device), seed)
     progress = Progress(int(attrs.get(st.BUDGET, 0)), 0, space.metric, args.quiet)
     try:
-        st.run_worker(handle, objective, tracker, deadline, progress.trial)
+        st.run_worker(handle, objective, tracker, deadline, progress.trial, linger=args.retry_failed > 0)
     finally:
         progress.close()
     return 0

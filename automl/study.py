@@ -9,6 +9,7 @@ its own MLflow child run, and both are always closed with the trial's true outco
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -39,7 +40,9 @@ from automl.keys import (
     METRIC,
     PARENT_RUN_ID,
     PRUNED_REASON,
+    PRUNER,
     RUN_ID,
+    SAMPLER,
     SECONDS,
     SEED,
     SPACE_DIGEST,
@@ -174,11 +177,23 @@ class StudyHandle:
 
 
 def space_of(study: optuna.Study) -> SearchSpace:
-    """The search space a study was created with (workers need no YAML file)."""
+    """The search space a study was created with, with its --sampler/--pruner choices (workers
+    need no YAML file)."""
     attrs = study.user_attrs
     if SPACE_TEXT not in attrs:
         raise UsageError(f"study {study.study_name!r} was not created by automl (no search space stored)")
-    return parse_space(attrs[SPACE_TEXT], attrs.get(SPACE_SOURCE, "stored search space"))
+    space = parse_space(attrs[SPACE_TEXT], attrs.get(SPACE_SOURCE, "stored search space"))
+    return with_algorithms(space, attrs.get(SAMPLER), attrs.get(PRUNER))
+
+
+def with_algorithms(space: SearchSpace, sampler: str | None, pruner: str | None) -> SearchSpace:
+    """The space with another sampler or pruner (their YAML options apply only to their own)."""
+    changes: dict[str, Any] = {}
+    if sampler and sampler != space.sampler:
+        changes.update(sampler=sampler, sampler_options={})
+    if pruner and pruner != space.pruner:
+        changes.update(pruner=pruner, pruner_options={})
+    return dataclasses.replace(space, **changes) if changes else space
 
 
 def create_or_load(
@@ -192,6 +207,8 @@ def create_or_load(
         study.set_user_attr(SPACE_DIGEST, space.digest)
         study.set_user_attr(SEED, seed)
         study.set_user_attr(METRIC, space.metric)
+        study.set_user_attr(SAMPLER, space.sampler)
+        study.set_user_attr(PRUNER, space.pruner)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -469,14 +486,22 @@ def run_worker(
     tracker: Tracker,
     deadline: float | None = None,
     report: ReportFn | None = None,
+    linger: bool = False,
 ) -> int:
-    """Claim and run trials until the pool is empty or `deadline` (monotonic) passes."""
+    """Claim and run trials until the pool is empty or `deadline` (monotonic) passes.
+
+    With `linger` (lost trials are retried), an empty pool is not the end while trials still run
+    elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
     done = 0
     gc.collect()
     gc.freeze()  # libraries and data stay; the per-trial collection then only scans new objects
     while deadline is None or time.monotonic() < deadline:
         outcome = run_next_trial(handle, objective, tracker)
         if outcome is None:
+            running = handle.load().get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if linger and running:
+                time.sleep(handle.storage.get_heartbeat_interval() or 1)
+                continue
             break
         done += 1
         release_memory()

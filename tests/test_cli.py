@@ -51,6 +51,7 @@ BAD = [
     (["--space", "tiny.yaml", "--study", "../etc"], "--study: invalid study name '../etc'"),
     (["--space", "tiny.yaml", "--study", "a\x07b"], "--study: invalid study name"),
     (["--space", "tiny.yaml", "--resume"], "--resume: no study named 'tiny'"),
+    (["--space", "tiny.yaml", "--pruner", "percentile"], "--pruner: percentile needs its `percentile` option"),
 ]
 
 

@@ -110,7 +110,7 @@ def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database
     space = tmp_path / "dist.yaml"
     space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 25, trials: 10}"))
     flags = ["--storage", storage, "--tracking-uri", mlflow_server, "--heartbeat-interval", "1",
-             "--grace-period", "5"]
+             "--grace-period", "5", "--retry-failed", "1"]
     coordinator = _automl("search", "--space", str(space), "--study", "dist", "--workers", "0", *flags,
                           cwd=tmp_path)
     deadline = time.monotonic() + 120
@@ -139,9 +139,12 @@ def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database
     assert coordinator.returncode == 0, err
 
     study = optuna.load_study(study_name="dist", storage=storage)
-    assert len(study.trials) == 10 and sorted(t.number for t in study.trials) == list(range(10))
+    # the 10 budgeted trials, plus one retry of the lost trial (--retry-failed 1)
+    assert len(study.trials) == 11 and sorted(t.number for t in study.trials) == list(range(11))
     assert all(t.state.is_finished() for t in study.trials)
     assert study.trials[killed_trial].state.name == "FAIL"
+    retry = study.trials[10]
+    assert retry.system_attrs["failed_trial"] == killed_trial and retry.params == study.trials[killed_trial].params
     assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) >= 3
 
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
@@ -150,7 +153,7 @@ def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database
     parents = [r for r in runs if r.data.tags.get("automl.role") == "study"]
     children = [r for r in runs if r.data.tags.get("automl.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 10
+    assert len(children) == 11
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     lost = next(c for c in children if c.info.run_id == study.trials[killed_trial].user_attrs["mlflow_run_id"])
     assert lost.info.status == "FAILED" and "heartbeat" in lost.data.tags["automl.fail_reason"]

@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -186,11 +188,79 @@ def test_reload_refuses_tampered_files(finished, capsys, name, change, message) 
             automl.load_best(STUDY, tracking_uri=stores.tracking_uri)
         capsys.readouterr()
         np_file = stores.folder / "one.npy"
-        import numpy as np
-
         np.save(np_file, load_dataset("digits", seed=1).test.x[:1].float().numpy())
         assert cli("predict", "--study", STUDY, np_file, "--tracking-uri", stores.tracking_uri) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
     finally:
         path.write_bytes(original)
+
+
+def test_csv_regression_search_and_predict(tmp_path: Path, mlflow_template: Path, capsys) -> None:
+    """A regression search on a CSV table (categorical column one-hot encoded), then predict."""
+    rng = np.random.default_rng(0)
+    n = 300
+    size = rng.normal(100, 20, n)
+    kind = rng.choice(["flat", "house", "loft"], n)
+    price = 3 * size + 40 * (kind == "house") + rng.normal(0, 5, n)
+    frame = pd.DataFrame({"size": size.round(2), "kind": kind, "price": price.round(2)})
+    frame.to_csv(tmp_path / "homes.csv", index=False)
+    (tmp_path / "homes.yaml").write_text(
+        TINY_SPACE.replace("data: {dataset: digits}",
+                           "data: {dataset: csv, path: homes.csv, target: price, task: regression}")
+        .replace("objective: {metric: val_accuracy}", "objective: {metric: val_rmse}")
+        .replace("loss: {name: cross_entropy}", "loss: {name: {type: categorical, choices: [mse, l1, huber]}}")
+        .replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 20, trials: 3}"))
+    stores = make_stores(tmp_path, mlflow_template)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert cli("search", "--space", "homes.yaml", *stores.flags()) == 0
+        study = optuna.load_study(study_name="homes", storage=stores.storage_url)
+        assert study.direction.name == "MINIMIZE" and 0 < study.best_value < 60  # the target's std is ~60
+        frame.drop(columns=["price"]).head(4).to_csv(tmp_path / "new.csv", index=False)
+        capsys.readouterr()
+        assert cli("predict", "--study", "homes", "new.csv", "--json", "--tracking-uri", stores.tracking_uri) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and all(isinstance(r["prediction"], float) for r in rows)
+    best = automl.load_best("homes", tracking_uri=stores.tracking_uri)
+    assert best.preprocessing["encoding"]["categorical"]["kind"] == ["flat", "house", "loft"]
+    assert "test_rmse" in best.metadata and "test_r2" in best.metadata
+
+
+def test_cifar10_cnn_search_with_augmentation(tmp_path: Path, mlflow_template: Path) -> None:
+    from tests.formats import write_cifar10
+
+    write_cifar10(tmp_path / "data")
+    (tmp_path / "cifar.yaml").write_text(
+        TINY_SPACE.replace("data: {dataset: digits}", "data: {dataset: cifar10, augment: true}")
+        .replace("family: mlp", "family: cnn\n  blocks: 2\n  channels: {type: int, low: 4, high: 8}\n  kernel_size: 3")
+        .replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 2}"))
+    stores = make_stores(tmp_path, mlflow_template)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert cli("search", "--space", "cifar.yaml", "--data-dir", "data", *stores.flags()) == 0
+    study = optuna.load_study(study_name="cifar", storage=stores.storage_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert {"channels_0", "channels_1"} <= set(study.trials[0].params)
+
+
+def test_sampler_and_pruner_flags_are_kept_by_the_study(tmp_path: Path, mlflow_template: Path, capsys) -> None:
+    """--sampler/--pruner override the space's; a resumed study keeps them and refuses others."""
+    from automl.study import space_of
+
+    stores = make_stores(tmp_path, mlflow_template)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)  # the file says random / none
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert cli("search", "--space", "tiny.yaml", "--trials", "2", "--sampler", "tpe", "--pruner", "median",
+                   *stores.flags()) == 0
+        study = optuna.load_study(study_name="tiny", storage=stores.storage_url)
+        assert (space_of(study).sampler, space_of(study).pruner) == ("tpe", "median")
+        capsys.readouterr()
+        assert cli("search", "--space", "tiny.yaml", "--resume", "--sampler", "random", *stores.flags()) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "uses sampler 'tpe' and pruner 'median'" in err
+        assert len(optuna.load_study(study_name="tiny", storage=stores.storage_url).trials) == 2
+        assert cli("search", "--space", "tiny.yaml", "--resume", "--trials", "3", *stores.flags()) == 0
+    study = optuna.load_study(study_name="tiny", storage=stores.storage_url)
+    assert len(study.trials) == 3 and space_of(study).sampler == "tpe"

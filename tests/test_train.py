@@ -92,3 +92,10 @@ def test_resolve_device() -> None:
 def test_cuda_requested_without_cuda() -> None:
     with pytest.raises(UsageError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains(digits) -> None:
+    """`training.compile: true` (off by default: compiling costs more than short trials save)."""
+    result = fit(_model(digits), digits, TrainConfig(epochs=2, batch_size=64, lr=3e-3, compile=True))
+    assert result.metrics["val_accuracy"] > 0.8
