@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from automl import checks
@@ -447,7 +447,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     for key, value in trial.params.items():
         print(f"    {key}: {value}")
     print(f"  trial run: {info['trial_run_id']}   study run: {info['study_run_id']}")
-    print(f"  model: {info['model_uri']}   registered: {info['registered_model_uri']} (version {info['registered_version']})")
+    print(f"  model: {info['model_uri']}   registered: {info['registered_model_uri']} "
+          f"(version {info['registered_version']})")
     return 0
 
 

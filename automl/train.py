@@ -85,7 +85,9 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.o
     return None
 
 
-def make_loss(cfg: TrainConfig, n_outputs: int, target_mean: float, target_std: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(
+    cfg: TrainConfig, n_outputs: int, target_mean: float, target_std: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss. Regression losses compare standardised outputs and targets."""
     if cfg.loss == "cross_entropy" and n_outputs > 1:
         return F.cross_entropy

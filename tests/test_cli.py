@@ -21,7 +21,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "logzero.yaml").write_text(TINY_SPACE.replace("low: 3.0e-3", "low: 0.0"))
     (tmp_path / "unknown_dataset.yaml").write_text(TINY_SPACE.replace("dataset: digits", "dataset: svhn"))
     (tmp_path / "mnist.yaml").write_text(TINY_SPACE.replace("dataset: digits", "dataset: mnist"))
-    csv_space = TINY_SPACE.replace("data: {dataset: digits}", "data: {dataset: csv, path: table.csv, target: y, task: classification}")
+    csv_space = TINY_SPACE.replace("data: {dataset: digits}",
+                                   "data: {dataset: csv, path: table.csv, target: y, task: classification}")
     (tmp_path / "csv.yaml").write_text(csv_space)
     (tmp_path / "csv_target.yaml").write_text(csv_space.replace("target: y", "target: label"))
     (tmp_path / "table.csv").write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30)))

@@ -82,8 +82,9 @@ def _write_csv(path: Path) -> Path:
     kind = rng.choice(["flat", "house", "loft"], n)
     price = size * 3 + (kind == "house") * 50 + rng.normal(0, 5, n)
     label = np.where(price > np.median(price), "high", "low")
-    lines = ["size,kind,price,label"] + [f"{s},{k},{p:.2f},{lab}" for s, k, p, lab in zip(size, kind, price, label, strict=False)]
-    lines[5] = "99.0,,{:.2f},low".format(price[4])  # a missing category
+    rows = zip(size, kind, price, label, strict=True)
+    lines = ["size,kind,price,label"] + [f"{s},{k},{p:.2f},{lab}" for s, k, p, lab in rows]
+    lines[5] = f"99.0,,{price[4]:.2f},low"  # a missing category
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -105,7 +105,9 @@ def _automl(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(pg_database, mlflow_server, tmp_path: Path) -> None:
+def test_four_workers_postgres_and_tracking_server_survive_a_sigkill(
+    pg_database, mlflow_server, tmp_path: Path
+) -> None:
     storage = pg_database()
     space = tmp_path / "dist.yaml"
     space.write_text(TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 25, trials: 10}"))

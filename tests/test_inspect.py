@@ -195,11 +195,11 @@ def test_ui_serves_the_parent_and_child_runs(ui, done) -> None:
     status, body = _get(f"{ui}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment], "max_results": 100})
     runs = body["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-    parents = [r for r, t in zip(runs, tags) if t.get("automl.role") == "study"]
+    parents = [r for r, t in zip(runs, tags, strict=True) if t.get("automl.role") == "study"]
     children = [t for t in tags if t.get("automl.role") == "trial"]
     first_parent = parents[-1]["info"]["run_id"]  # the module's search
     assert len([c for c in children if c["mlflow.parentRunId"] == first_parent]) == 6
-    child = next(r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == first_parent)
+    child = next(r for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == first_parent)
     assert {m["key"] for m in child["data"]["metrics"]} >= {"val_accuracy", "train_loss", "val_loss"}
     assert {p["key"] for p in child["data"]["params"]} >= {"lr", "depth", "n_parameters"}
 

@@ -77,7 +77,8 @@ def test_signal_closes_trial_and_runs_and_keeps_best_model(stores: Stores, slow_
     study = optuna.load_study(study_name="crash", storage=stores.storage_url)
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(interrupted) == 1
-    assert interrupted[0].user_attrs["fail_reason"] == ("interrupted (Ctrl-C)" if code == 130 else "terminated (SIGTERM)")
+    expected = "interrupted (Ctrl-C)" if code == 130 else "terminated (SIGTERM)"
+    assert interrupted[0].user_attrs["fail_reason"] == expected
     assert_nothing_running(stores)
     parents, children = runs(stores)
     assert parents[0].info.status == "KILLED"

@@ -23,7 +23,8 @@ from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, make_stores
 # sgd with lr 1e9 diverges (FAIL); the median pruner with no warm-up prunes weak trials (PRUNED)
 MIXED_SPACE = (TINY_SPACE
                .replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 3, trials: 8}")
-               .replace("pruner: {name: none}", "pruner: {name: median, options: {n_startup_trials: 1, n_warmup_steps: 0}}")
+               .replace("pruner: {name: none}",
+                        "pruner: {name: median, options: {n_startup_trials: 1, n_warmup_steps: 0}}")
                .replace("name: {type: categorical, choices: [adam, sgd]}", "name: sgd")
                .replace("lr: {type: float, low: 3.0e-3, high: 1.0e-2, log: true}",
                         "lr: {type: categorical, choices: [0.2, 0.003, 1.0e9]}"))
@@ -176,7 +177,8 @@ def _best_model_file(stores: Stores, name: str) -> Path:
 
 @pytest.mark.parametrize("name,change,message", [
     ("model.safetensors", lambda b: b[:40] + b"\x00" * 16 + b[56:], "unreadable weights (corrupt or tampered)"),
-    ("model_config.json", lambda b: b.replace(b'"widths": [', b'"widths": [7, '), "weights do not match model_config.json"),
+    ("model_config.json", lambda b: b.replace(b'"widths": [', b'"widths": [7, '),
+     "weights do not match model_config.json"),
 ], ids=["tampered-weights", "config-mismatch"])
 def test_reload_refuses_tampered_files(finished, capsys, name, change, message) -> None:
     stores, _ = finished
