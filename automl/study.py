@@ -90,6 +90,25 @@ def _sqlite_immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Serialise opening an SQLite storage across processes on this machine: the first one to
+    open a new file creates Optuna's tables, and two doing it at once collide."""
+    parsed = sqlalchemy.engine.make_url(url)
+    lock: FileLock | None = None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        lock = FileLock(f"{parsed.database}.lock", timeout=SQLITE_TIMEOUT_S)
+        try:
+            lock.acquire()
+        except OSError:  # a folder that cannot hold the lock: SQLite says what is wrong with it
+            lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,
@@ -104,13 +123,14 @@ def open_storage(
     else:
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=on_stale,
-        )
+        with _creation_lock(url):
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise FatalError(f"cannot open the Optuna storage {url}: {first}") from None

@@ -66,8 +66,9 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(workdir: Path, caps
     assert err.count("\n") == 1 and err.startswith("automl: error: "), err
     assert message in err, err
     created = {p.name for p in set(workdir.iterdir()) - before}
-    # --resume opens the storage to look for the study: an empty database, but no study and no run
-    allowed = {"optuna.db", "optuna.db-wal", "optuna.db-shm"} if "--resume" in args else set()
+    # --resume opens the storage to look for the study: an empty database (and the lock file that
+    # serialises its creation), but no study and no run
+    allowed = {"optuna.db", "optuna.db-wal", "optuna.db-shm", "optuna.db.lock"} if "--resume" in args else set()
     assert created <= allowed, created
 
 

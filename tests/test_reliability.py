@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import PYTHON, TINY_SPACE, Stores, cli
 
 # trials long enough to be caught mid-training (about a second each on 2 cores)
-SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 25, trials: 4}")
+SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 40, trials: 4}")
 
 
 def start(stores: Stores, space: Path, *extra: str, study: str = "crash") -> subprocess.Popen:
@@ -69,7 +69,7 @@ def slow_space(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_signal_closes_trial_and_runs_and_keeps_best_model(stores: Stores, slow_space: Path, signum: int,
                                                             code: int) -> None:
-    process = start(stores, slow_space)
+    process = start(stores, slow_space, "--trials", "12")  # far more than run before the signal
     wait_for_running_trial(stores, after=1)  # trial 0 finished: there is a best model to keep
     process.send_signal(signum)
     out, err = process.communicate(timeout=120)
@@ -211,3 +211,26 @@ def test_two_searches_on_one_study_share_it(stores: Stores, slow_space: Path) ->
     assert len(parents) == 1 and len(children) == 6
     versions = stores.client().search_model_versions("name='shared'")
     assert {v.tags["trial"] for v in versions} == {str(study.best_trial.number)}
+
+
+def test_processes_opening_a_new_sqlite_storage_at_once(tmp_path: Path) -> None:
+    """The first processes on a new SQLite file create Optuna's tables one at a time, not in a race."""
+    code = (
+        "import pathlib, sys, time\n"
+        "from automl.study import open_storage\n"
+        "print('ready', flush=True)\n"
+        "while not pathlib.Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.002)\n"
+        "open_storage(sys.argv[1])\n"
+        "print('ok')\n"
+    )
+    url, go = f"sqlite:///{tmp_path / 'new.db'}", tmp_path / "go"
+    processes = [subprocess.Popen([PYTHON, "-c", code, url, str(go)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for process in processes:  # every process has imported everything: they open it at once
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == "ok", err
+    assert optuna.study.get_all_study_names(url) == []
