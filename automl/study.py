@@ -409,7 +409,8 @@ class SignalHold:
 
     def hold(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._record) for s in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {s: signal.signal(s, self._record) for s in (signal.SIGINT, signal.SIGTERM)
+                             if signal.getsignal(s) is not signal.SIG_IGN}  # ignored stays ignored
 
     def release(self, raise_pending: bool = True) -> None:
         for signum, handler in self.previous.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,3 +102,9 @@ def cli(*args: str) -> int:
 
 
 PYTHON = sys.executable
+
+
+def ctrl_c_enabled() -> None:
+    """`preexec_fn` for CLI subprocesses that a test interrupts: Ctrl-C (SIGINT) acts as on a
+    terminal even when this test run inherited it ignored (as background jobs of a script do)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

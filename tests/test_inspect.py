@@ -26,7 +26,7 @@ import automl
 from automl.data import load_dataset
 from automl.progress import Progress
 from automl.study import TrialOutcome
-from tests.conftest import PYTHON, TINY_SPACE, cli, make_stores
+from tests.conftest import PYTHON, TINY_SPACE, cli, ctrl_c_enabled, make_stores
 
 STUDY = "inspect"
 SPACE = (TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 3, trials: 6}")
@@ -157,7 +157,8 @@ def _free_port() -> int:
 def ui(done):
     port = _free_port()
     process = subprocess.Popen([PYTHON, "-m", "automl", "ui", "--port", str(port), "--tracking-uri", done.tracking_uri],
-                               cwd=done.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=done.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_enabled)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import optuna
 import psutil
 import pytest
 
-from tests.conftest import PYTHON, TINY_SPACE, Stores, cli
+from tests.conftest import PYTHON, TINY_SPACE, Stores, cli, ctrl_c_enabled
 
 # trials long enough to be caught mid-training (about a second each on 2 cores)
 SLOW_SPACE = TINY_SPACE.replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 40, trials: 4}")
@@ -22,7 +22,7 @@ def start(stores: Stores, space: Path, *extra: str, study: str = "crash") -> sub
     return subprocess.Popen(
         [PYTHON, "-m", "automl", "search", "--space", str(space), "--study", study, "--device", "cpu",
          *stores.flags(), *extra],
-        cwd=stores.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=stores.folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled,
     )
 
 
