@@ -14,15 +14,19 @@ import torch
 
 from automl.checkpoint import PREPROCESSING, CheckpointError, load_checkpoint
 from automl.errors import FatalError, UsageError
-from automl.model import Network
+from automl.model import Normalised
+from automl.serving import predict_frame, prepare_inputs, stderr_warning
 from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, DEFAULT_TRACKING_URI, Tracker
+
+METADATA = "metadata.json"
+MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused before they are decoded
 
 
 @dataclass
 class LoadedModel:
     """The best network (eval mode) with what the search recorded about it."""
 
-    model: Network
+    model: Normalised
     metadata: dict[str, Any]  # study, trial, metric, value, params, test_* scores, run ids
     preprocessing: dict[str, Any]  # statistics, class names, feature encoding
 
@@ -52,6 +56,7 @@ def load_best(
 
     By default the registered champion of that name (the best on the test split of every search
     run under the study name); `champion=False` takes the newest search run's best instead.
+    A missing or tampered file raises `CheckpointError` (a FatalError) naming it.
 
     >>> best = load_best("digits_mlp")
     >>> best.model(torch.zeros(1, 1, 8, 8)).argmax(1)
@@ -60,16 +65,37 @@ def load_best(
     run = study_run(tracker, study, champion)
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracker.download(run.info.run_id, BEST_DIR, Path(tmp))
-        try:
-            model = load_checkpoint(folder, device)
-        except CheckpointError as e:
-            raise FatalError(str(e)) from None
-        metadata = json.loads((folder / "metadata.json").read_text())
-        preprocessing = json.loads((folder / PREPROCESSING).read_text())
+        model = load_checkpoint(folder, device)
+        metadata = _read_json(folder, METADATA, run.info.run_id)
+        preprocessing = _read_json(folder, PREPROCESSING, run.info.run_id)
     metadata["model_uri"] = run.data.tags.get("automl.best_model_uri")
     metadata["registered_version"] = run.data.tags.get("automl.registered_version")
     metadata["registered_model_uri"] = f"models:/{study}@champion"
     return LoadedModel(model, metadata, preprocessing)
+
+
+def _read_json(folder: Path, name: str, run_id: str) -> dict[str, Any]:
+    """One JSON object of a downloaded best-model folder, or a `CheckpointError` naming it."""
+    where = f"{BEST_DIR}/{name} of MLflow run {run_id}"
+    try:
+        value = json.loads((folder / name).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: file missing (the best model's record is incomplete)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{where}: unreadable JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    return value
+
+
+def check_output_path(path: Path, flag: str) -> Path:
+    """A file to be written: its folder must exist and it must not be a folder (UsageError)."""
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a folder; give a file name")
+    folder = path.expanduser().resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: folder {folder} does not exist")
+    return path
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -77,32 +103,34 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def read_inputs(paths: list[Path], preprocessing: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """Network inputs from a `.npy` array, a CSV table (tabular studies) or image files (image
-    studies), as float32 in the raw units the network was trained on. Returns (inputs, row names)."""
-    shape = tuple(preprocessing["input_shape"])
+    studies), through `serving.prepare_inputs` (the served model's own input path): float32 of
+    shape (N, *input_shape) in the units the network was trained on. Returns (inputs, row names)."""
     if len(paths) == 1 and paths[0].suffix == ".npy":
-        return _read_npy(paths[0], shape)
-    if len(paths) == 1 and paths[0].suffix == ".csv":
-        return _read_csv(paths[0], preprocessing)
-    if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
-        return _read_images(paths, preprocessing)
-    raise UsageError("INPUT: expected one .npy file, one .csv file, or image files "
-                     f"({', '.join(sorted(IMAGE_SUFFIXES))}), got {', '.join(map(str, paths))}")
+        raw, names = _read_npy(paths[0])
+    elif len(paths) == 1 and paths[0].suffix == ".csv":
+        raw, names = _read_csv(paths[0], preprocessing)
+    elif all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+        raw, names = _read_images(paths, preprocessing)
+    else:
+        raise UsageError("INPUT: expected one .npy file, one .csv file, or image files "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}), got {', '.join(map(str, paths))}")
+    source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} images"
+    x = prepare_inputs(raw, preprocessing, names, stderr_warning, source).numpy()
+    return x, names if len(names) == len(x) else [f"{source}[{i}]" for i in range(len(x))]
 
 
-def _read_npy(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+def _read_npy(path: Path) -> tuple[np.ndarray, list[str]]:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable .npy array: {e}") from None
-    if array.shape == shape:
-        array = array[None]
-    if array.shape[1:] != shape:
-        raise UsageError(f"{path}: expected an array of shape (N, {', '.join(map(str, shape))}), got {array.shape}")
-    return array.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(array))]
+        raise UsageError(f"{path}: not a readable .npy array: {str(e).splitlines()[0]}") from None
+    if array.dtype.kind not in "biuf":
+        raise UsageError(f"{path}: holds {array.dtype} values (text?); expected numbers")
+    return array, [f"{path.name}[{i}]" for i in range(len(array))] if array.ndim else []
 
 
 def _read_csv(path: Path, preprocessing: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-    from automl.data import DataError, encode_frame
+    from automl.serving import frame_to_array
 
     if len(preprocessing["input_shape"]) != 1:
         raise UsageError(f"{path}: CSV input needs a tabular study; this one takes images")
@@ -110,50 +138,42 @@ def _read_csv(path: Path, preprocessing: dict[str, Any]) -> tuple[np.ndarray, li
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise UsageError(f"{path}: malformed CSV: {str(e).strip().splitlines()[0]}") from None
-    try:
-        if preprocessing.get("encoding"):
-            x = encode_frame(frame, preprocessing["encoding"])
-        else:
-            missing = [c for c in preprocessing["features"] if c not in frame.columns]
-            if missing:
-                raise DataError(f"missing column(s): {', '.join(missing)}")
-            x = frame[preprocessing["features"]].to_numpy(dtype=np.float32)
-    except DataError as e:
-        raise UsageError(f"{path}: {e}") from None
-    return x.astype(np.float32), [f"{path.name}:{i + 2}" for i in range(len(frame))]
+    return frame_to_array(frame, preprocessing, str(path)), [f"{path.name}:{i + 2}" for i in range(len(frame))]
 
 
 def _read_images(paths: list[Path], preprocessing: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """Images resized to the input shape, scaled from 0-255 to the training pixel range."""
     from PIL import Image, UnidentifiedImageError
 
+    if len(preprocessing["input_shape"]) != 3:
+        raise UsageError(f"{paths[0]}: image input needs an image study; this one takes table rows")
     channels, height, width = preprocessing["input_shape"]
     scale = float(preprocessing.get("pixel_max") or 255) / 255.0
     images = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
-                array = np.asarray(image, dtype=np.float32)
-        except (OSError, UnidentifiedImageError) as e:
-            raise UsageError(f"{path}: not a readable image: {e}") from None
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise UsageError(f"{path}: {image.width}x{image.height} pixels is over the "
+                                     f"{MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit for an input image")
+                small = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                array = np.asarray(small, dtype=np.float32)
+        except Image.DecompressionBombError:
+            raise UsageError(f"{path}: over the {MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit "
+                             "for an input image") from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise UsageError(f"{path}: not a readable image: {str(e).splitlines()[0]}") from None
         array = array[None] if channels == 1 else array.transpose(2, 0, 1)
         images.append(array * scale)
     return np.stack(images), [p.name for p in paths]
 
 
-@torch.no_grad()
-def predict_table(loaded: LoadedModel, x: np.ndarray, names: list[str]) -> pd.DataFrame:
-    """Predictions: the class and its probabilities (classification) or the value (regression)."""
-    model = loaded.model
-    device = next(model.parameters()).device
-    out = model(torch.from_numpy(x).to(device)).float().cpu()
-    table = pd.DataFrame({"input": names})
-    classes = loaded.preprocessing.get("class_names") or []
-    if classes:
-        probabilities = torch.softmax(out, dim=1).numpy()
-        table["prediction"] = [classes[i] for i in probabilities.argmax(axis=1)]
-        for i, name in enumerate(classes):
-            table[f"p_{name}"] = probabilities[:, i]
-    else:
-        table["prediction"] = out.numpy()
+def predict_table(loaded: LoadedModel, x: np.ndarray | pd.DataFrame, names: list[str] | None = None) -> pd.DataFrame:
+    """Predictions per input row: `input`, `prediction` (the class, or the value) and, for
+    classes, `p_<class>` probabilities. `x` goes through `serving.prepare_inputs` (any reasonable
+    shape and dtype; 0-255 or inverted images converted with a warning on stderr)."""
+    inputs = prepare_inputs(x, loaded.preprocessing, names, stderr_warning)
+    table = predict_frame(loaded.model, inputs, loaded.preprocessing)
+    table.insert(0, "input", list(names) if names is not None and len(names) == len(table)
+                 else [f"row {i}" for i in range(len(table))])
     return table

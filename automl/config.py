@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
-TASKS = ("classification", "regression")
-FAMILIES = ("mlp", "cnn")
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu", "elu")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-CLASSIFICATION_LOSSES = ("cross_entropy", "label_smoothing", "mse")
-REGRESSION_LOSSES = ("mse", "l1", "huber")
-SCHEDULES = ("none", "cosine", "step")
+from automl import registries
+
+TASKS = registries.TASKS
+FAMILIES = tuple(registries.FAMILIES)
+ACTIVATIONS = tuple(registries.ACTIVATIONS)
+OPTIMIZERS = tuple(registries.OPTIMIZERS)
+CLASSIFICATION_LOSSES = registries.losses_for("classification")
+REGRESSION_LOSSES = registries.losses_for("regression")
+SCHEDULES = registries.SCHEDULES
 
 
 class _JsonConfig:
@@ -47,7 +49,7 @@ class _JsonConfig:
 class ModelConfig(_JsonConfig):
     """Every architecture choice of one network; `model.build_model` rebuilds it from this alone."""
 
-    family: str  # "mlp" or "cnn"
+    family: str  # "mlp", "cnn", or "builder" (a user network: see `builder`)
     input_shape: tuple[int, ...]  # one sample: (features,) or (channels, height, width)
     n_outputs: int  # classes, or 1 for regression
     task: str = "classification"
@@ -57,9 +59,16 @@ class ModelConfig(_JsonConfig):
     batch_norm: bool = False
     channels: tuple[int, ...] = ()  # one conv block per entry (CNN only)
     kernel_size: int = 3
+    # a user network: its import path ("/abs/path/nets.py:Name" or "package.module:Name") and the
+    # keyword arguments it was built with (JSON values)
+    builder: str | None = None
+    builder_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
+        if self.builder is not None or self.family == registries.BUILDER_FAMILY:
+            if self.family != registries.BUILDER_FAMILY or not self.builder:
+                raise ValueError(f"a user network needs family={registries.BUILDER_FAMILY!r} and a builder")
+        elif self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
@@ -103,3 +112,7 @@ class TrainConfig(_JsonConfig):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """The chosen optimizer's own settings (registry names), e.g. {"momentum": 0.9, "nesterov": False}."""
+        return {name: getattr(self, name) for name in registries.OPTIMIZERS[self.optimizer].options}

@@ -1,7 +1,7 @@
 """Names of the attributes this tool stores on Optuna studies and trials (one place for all)."""
 
 # study user attributes: how the study was created
-SPACE_TEXT = "automl.space_yaml"
+SPACE_TEXT = "automl.space_yaml"  # a study *system* attribute (not shown among user attributes)
 SPACE_SOURCE = "automl.space_source"
 SPACE_DIGEST = "automl.space_digest"
 METRIC = "automl.metric"
@@ -9,6 +9,7 @@ SAMPLER = "automl.sampler"  # the sampler and pruner in use (the YAML's, or --sa
 PRUNER = "automl.pruner"
 BUDGET = "automl.n_trials"
 SEED = "automl.seed"
+DATA = "automl.data"  # name, source, rows, digest of the data the study searches on
 TRACKING_URI = "automl.tracking_uri"
 EXPERIMENT_ID = "automl.experiment_id"
 PARENT_RUN_ID = "automl.parent_run_id"
@@ -20,3 +21,4 @@ FAIL_REASON = "fail_reason"
 PRUNED_REASON = "pruned_reason"
 SECONDS = "seconds"
 N_PARAMETERS = "n_parameters"
+FINAL_METRICS = "final_metrics"  # the last epoch's metrics (val_loss breaks ties in reports)

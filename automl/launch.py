@@ -1,6 +1,8 @@
 """Starting workers on one study: local processes (pinned to GPUs), Ray tasks, and waiting for
-workers elsewhere. Every worker is `python -m automl worker` (or its `main` in a Ray task), so a
-trial runs the same way wherever it runs."""
+workers elsewhere. Every worker runs `api.run_worker` (as `python -m automl worker`, or inside a
+Ray task), so a trial runs the same way wherever it runs. URLs reach worker processes through the
+environment (AUTOML_STORAGE, AUTOML_TRACKING_URI), never on their command line, where `ps` shows
+passwords."""
 
 from __future__ import annotations
 
@@ -12,16 +14,17 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
+from automl.checks import STORAGE_ENV, TRACKING_ENV
 from automl.errors import FatalError, Terminated, UsageError
 from automl.keys import FAIL_REASON, PRUNED_REASON, SECONDS
 from automl.progress import Progress
-from automl.study import StudyHandle, TrialOutcome
+from automl.record import StudyHandle
+from automl.worker import TrialOutcome
 
 POLL_SECONDS = 1.0
 
@@ -42,8 +45,8 @@ class WorkerPlan:
     quiet: bool
 
     def argv(self, index: int, threads: int | None) -> list[str]:
-        args = ["worker", "--study", self.study, "--storage", self.storage_url,
-                "--tracking-uri", self.tracking_uri, "--data-dir", self.data_dir, "--device", self.device,
+        """The `automl worker` command line (URLs go by `env`)."""
+        args = ["worker", "--study", self.study, "--data-dir", self.data_dir, "--device", self.device,
                 "--worker-index", str(index), "--heartbeat-interval", str(self.heartbeat_interval),
                 "--grace-period", str(self.grace_period), "--retry-failed", str(self.retry_failed)]
         if threads:
@@ -54,13 +57,17 @@ class WorkerPlan:
             args.append("--quiet")
         return args
 
+    def env(self) -> dict[str, str]:
+        """The URLs, with their passwords, for a worker's environment."""
+        return {STORAGE_ENV: self.storage_url, TRACKING_ENV: self.tracking_uri}
 
-def absolute_sqlite(url: str) -> str:
-    """sqlite:///relative.db as an absolute path, so workers in other folders find the same file."""
-    parsed = sqlalchemy.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return url
-    return str(parsed.set(database=str(Path(parsed.database).expanduser().resolve())))
+    def request(self, index: int, threads: int | None) -> Any:
+        """The worker request of worker `index` (for workers started in-process, e.g. Ray tasks)."""
+        from automl.api import WorkerRequest
+
+        return WorkerRequest(self.study, self.storage_url, self.tracking_uri, self.device, self.data_dir,
+                             False, self.timeout, self.heartbeat_interval, self.grace_period,
+                             self.retry_failed, threads, self.quiet, index)
 
 
 def visible_gpus() -> list[str]:
@@ -93,7 +100,7 @@ def run_local_workers(plan: WorkerPlan, workers: int, threads: int | None, gpus:
     threads = threads or (None if gpus else max(1, (os.cpu_count() or 1) // workers))
     processes = []
     for index in range(workers):
-        env = dict(os.environ)
+        env = {**os.environ, **plan.env()}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         # on a terminal this process draws the one progress bar; the workers stay quiet
@@ -135,7 +142,7 @@ def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None
         gpus_per_task = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(_ray_worker).options(num_gpus=gpus_per_task, num_cpus=threads or 1,
                                                max_retries=0)
-        futures = [task.remote(plan.argv(index, threads)) for index in range(workers)]
+        futures = [task.remote(plan.request(index, threads)) for index in range(workers)]
         try:
             codes = ray.get(futures)
         except KeyboardInterrupt:
@@ -150,11 +157,17 @@ def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None
         raise FatalError(f"{len(failed)} Ray worker task(s) failed (exit codes {failed})")
 
 
-def _ray_worker(argv: list[str]) -> int:
+def _ray_worker(request: Any) -> int:
     """One worker inside a Ray task (Ray sets CUDA_VISIBLE_DEVICES to the task's GPU)."""
-    from automl.cli import main
+    from automl.api import run_worker
+    from automl.errors import AutomlError
 
-    return main(argv)
+    try:
+        run_worker(request)
+    except AutomlError as e:
+        print(f"automl: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    return 0
 
 
 def wait_for_other_workers(handle: StudyHandle, progress: Progress, deadline: float | None,

@@ -2,25 +2,24 @@
 
 A network takes raw inputs (uint8 or float pixels, encoded tabular features) and normalises them
 itself with the training statistics held as buffers, so the saved weights are all that is needed
-to predict. Regression outputs come back in target units.
+to predict. Regression outputs come back in target units. A user network (`config.builder`) is
+wrapped the same way: `UserNetwork` standardises, calls the user's module (`.net`) and rescales.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from automl import registries
+from automl.builder import call_builder, resolve_builder
 from automl.config import ModelConfig
 
 ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
+    name: registries.resolve(path) for name, path in registries.ACTIVATIONS.items()
 }
 
 
@@ -37,21 +36,23 @@ class Standardize(nn.Module):
         return (x.to(self.mean.dtype) - self.mean) / self.std
 
 
-class Network(nn.Module):
-    """Input normalisation -> optional conv blocks -> dense head -> outputs."""
+class Normalised(nn.Module):
+    """Base of every network here: input standardisation and regression rescaling as buffers."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.normalize = Standardize(config.input_shape)
-        self.features, flat_size = _conv_blocks(config)
-        self.head = _dense_head(config, flat_size)
         self.regression = config.task == "regression"
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
 
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The network proper, on standardised inputs."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.features(self.normalize(x)))
+        out = self.body(self.normalize(x))
         if self.regression:
             return out.squeeze(-1) * self.target_std + self.target_mean
         return out
@@ -67,6 +68,29 @@ class Network(nn.Module):
         self.normalize.std.copy_(torch.tensor(input_std, dtype=torch.float32).reshape(shape))
         self.target_mean.fill_(target_mean)
         self.target_std.fill_(target_std)
+
+
+class Network(Normalised):
+    """Input normalisation -> optional conv blocks -> dense head -> outputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.features, flat_size = _conv_blocks(config)
+        self.head = _dense_head(config, flat_size)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class UserNetwork(Normalised):
+    """A user's module (`net`) behind the same normalisation; its state_dict keys start `net.`."""
+
+    def __init__(self, config: ModelConfig, net: nn.Module) -> None:
+        super().__init__(config)
+        self.net = net
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def _conv_blocks(config: ModelConfig) -> tuple[nn.Module, int]:
@@ -106,9 +130,17 @@ def _dense_head(config: ModelConfig, in_features: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build_model(config: ModelConfig) -> Network:
-    """A freshly initialised network for `config` (seed torch first for reproducible weights)."""
-    return Network(config)
+def build_model(config: ModelConfig, search_dirs: Iterable[str | Path] = ()) -> Normalised:
+    """A freshly initialised network for `config` (seed torch first for reproducible weights).
+
+    A user network is imported from `config.builder` (a file missing at its recorded absolute path
+    is looked for by name in `search_dirs`, e.g. a checkpoint folder) and called with
+    `config.builder_params`; errors are `automl.builder.BuilderError`."""
+    if config.builder is None:
+        return Network(config)
+    builder = resolve_builder(config.builder, search_dirs=search_dirs)
+    net = call_builder(config.builder, builder, config.builder_params, config.input_shape, config.n_outputs)
+    return UserNetwork(config, net)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,7 +18,7 @@ import torch
 from automl.checkpoint import save_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError, TrialFailed
-from automl.keys import N_PARAMETERS
+from automl.keys import FINAL_METRICS, N_PARAMETERS
 from automl.model import build_model, count_parameters
 from automl.space import SearchSpace, suggest
 from automl.tracking import NullTrialRun, TrialRun
@@ -31,6 +31,26 @@ try:
     STORAGE_ERRORS += (sqlalchemy.exc.SQLAlchemyError,)
 except ImportError:  # pragma: no cover - optuna's RDB storage needs sqlalchemy
     pass
+
+
+# how each pruner decides, for the reason recorded on a pruned trial
+PRUNING_RULES = {
+    "median": "median rule: below the median of earlier trials at this epoch",
+    "percentile": "percentile rule: outside the kept percentile of earlier trials at this epoch",
+    "successive_halving": "successive halving: not in the top fraction of its rung",
+    "hyperband": "hyperband: not in the top fraction of its bracket's rung",
+}
+
+
+def _improves(value: float, best: float, direction: str) -> bool:
+    return value > best if direction == "maximize" else value < best
+
+
+def _best_metrics(metric: str, best: dict[str, float]) -> dict[str, float]:
+    """`best_<metric>` and `best_epoch` over the epochs run so far."""
+    if not best:
+        return {}
+    return {f"best_{metric}": best["value"], "best_epoch": best["epoch"]}
 
 
 def release_memory() -> None:
@@ -53,18 +73,24 @@ class Objective:
         space, data = self.space, self.data
         seed = self.seed + trial.number
         model_config, train_config = suggest(trial, space, data.input_shape, data.n_outputs, seed)
-        run.log_params({**trial.params, "epochs": train_config.epochs, "seed": seed, "dataset": data.name})
+        run.log_params({**trial.params, "epochs": train_config.epochs, "seed": seed, "dataset": data.name,
+                        "trial_number": trial.number})
+        best: dict[str, float] = {}
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
             value = metrics[space.metric]
+            if not best or _improves(value, best["value"], space.direction):
+                best.update(value=value, epoch=epoch)
             try:
                 trial.report(value, epoch)
                 prune = trial.should_prune()
             except STORAGE_ERRORS as e:
                 raise FatalError(f"Optuna storage failed while reporting epoch {epoch}: {e}") from e
             if prune:
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {space.metric}={value:.4f}")
+                run.log_metrics(_best_metrics(space.metric, best))
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {space.metric}={value:.4f} "
+                                         f"({PRUNING_RULES.get(space.pruner, space.pruner + ' pruner')})")
 
         failure = None
         model = None
@@ -92,6 +118,8 @@ class Objective:
         value = result.metrics[space.metric]
         if not math.isfinite(value):
             raise TrialFailed(f"{space.metric} is {value}")
+        trial.set_user_attr(FINAL_METRICS, {k: float(v) for k, v in result.metrics.items()})
+        run.log_metrics(_best_metrics(space.metric, best))
         if self._best_so_far(trial, value):
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_checkpoint(Path(tmp), model, model_config, train_config,

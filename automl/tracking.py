@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import tempfile
 import time
@@ -33,8 +34,9 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from automl.checks import DEFAULT_TRACKING_URI  # noqa: E402
-from automl.errors import FatalError  # noqa: E402
+from automl.checks import DEFAULT_TRACKING_URI, mask_text, mask_url  # noqa: E402
+from automl.errors import FatalError, UsageError  # noqa: E402
+from automl.locks import creation_lock, storage_exists  # noqa: E402
 
 CHAMPION = "champion"
 ROLE_TAG = "automl.role"
@@ -70,7 +72,8 @@ def _fatal(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
                 raise
             except Exception as e:  # MlflowException, OSError, requests and sqlalchemy errors
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                raise TrackingError(f"MLflow tracking ({self.uri}) failed to {action}: {first}") from e
+                first = mask_text(first, self.uri)
+                raise TrackingError(f"MLflow tracking ({mask_url(self.uri)}) failed to {action}: {first}") from e
 
         return call
 
@@ -127,6 +130,13 @@ class TrialRun:
         for start in range(0, len(batch), MAX_METRICS_PER_CALL):
             self.tracker.client.log_batch(self.run_id, metrics=batch[start:start + MAX_METRICS_PER_CALL])
 
+    @_fatal("log trial metrics")
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Summary metrics of the trial (no step), e.g. `best_val_accuracy`, `best_epoch`."""
+        if metrics:
+            stamp = _now_ms()
+            self._buffer.extend(Metric(k, float(v), stamp, 0) for k, v in metrics.items())
+
     @_fatal("log the trial's weights")
     def log_weights(self, folder: Path) -> None:
         self.tracker.client.log_artifacts(self.run_id, str(folder), WEIGHTS_DIR)
@@ -134,12 +144,14 @@ class TrialRun:
     @_fatal("close the trial run")
     def end(self, status: str, tags: dict[str, str]) -> None:
         """Send and wait for the buffered metrics, then set the final tags and the run status."""
-        self._flush()
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.result()
-        self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.tracker.client.set_terminated(self.run_id, status)
+        try:
+            self._flush()
+            pending, self._pending = self._pending, []
+            for operation in pending:
+                operation.result()
+        finally:  # the run is closed even when its last metrics could not be sent
+            self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.tracker.client.set_terminated(self.run_id, status)
 
 
 class NullTrialRun:
@@ -153,6 +165,9 @@ class NullTrialRun:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        pass
+
     def log_weights(self, folder: Path) -> None:
         pass
 
@@ -163,11 +178,53 @@ class NullTrialRun:
 class Tracker:
     """Study-level MLflow operations on one tracking URI."""
 
-    def __init__(self, uri: str = DEFAULT_TRACKING_URI) -> None:
+    def __init__(self, uri: str = DEFAULT_TRACKING_URI, create: bool = True) -> None:
         self.uri = uri
+        if not create and not storage_exists(uri):
+            raise UsageError(f"--tracking-uri: no MLflow store at {mask_url(uri)} (nothing was tracked there yet)")
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         remote = uri.startswith(("http://", "https://", "databricks"))
         self.background = ThreadPoolExecutor(1, thread_name_prefix="automl-tracking") if remote else None
+        self._system_tags: dict[str, str] | None = None
+        if not remote:
+            self._open_store()
+
+    @_fatal("open the tracking store")
+    def _open_store(self) -> None:
+        """Create a new database's tables now, one process at a time (MLflow's schema creation
+        races when two searches start at once in an empty folder)."""
+        with creation_lock(self.uri):
+            self.client._tracking_client.store  # noqa: B018 - creating the store creates the tables
+
+    @_fatal("read a run")
+    def run_state(self, run_id: str) -> str | None:
+        """A run's status, "deleted" for a deleted run, None when there is no such run."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return "deleted" if run.info.lifecycle_stage == "deleted" else run.info.status
+
+    @_fatal("find the experiment")
+    def find_experiment(self, study_name: str | None) -> str | None:
+        """The experiment id of a study (the most recently created one when `study_name` is None)."""
+        if study_name is not None:
+            found = self.client.get_experiment_by_name(study_name)
+            return found.experiment_id if found is not None else None
+        experiments = self.client.search_experiments(order_by=["creation_time DESC"], max_results=1)
+        return experiments[0].experiment_id if experiments else None
+
+    @_fatal("find a registered version")
+    def find_version(self, study_name: str, tags: dict[str, str]) -> Any | None:
+        """The registered version of `study_name` whose tags include `tags`, if any."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{study_name}'")
+        except MlflowException:
+            return None
+        for version in versions:
+            if all(version.tags.get(k) == v for k, v in tags.items()):
+                return version
+        return None
 
     @_fatal("open the experiment")
     def experiment_id(self, study_name: str) -> str:
@@ -187,17 +244,44 @@ class Tracker:
 
     @_fatal("start the study run")
     def start_study_run(
-        self, experiment_id: str, study_name: str, params: dict[str, Any], space_text: str
+        self, experiment_id: str, study_name: str, params: dict[str, Any], space_text: str,
+        data: dict[str, Any] | None = None,
     ) -> str:
         run = self.client.create_run(
             experiment_id,
             run_name=study_name,
-            tags={ROLE_TAG: "study", STUDY_TAG: study_name},
+            tags={**self.system_tags(), ROLE_TAG: "study", STUDY_TAG: study_name},
         )
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=_params(params))
         self.client.log_text(run_id, space_text, "search_space.yaml")
+        if data:
+            self.log_data(run_id, data)
         return run_id
+
+    def system_tags(self) -> dict[str, str]:
+        """MLflow's usual run tags (source name and type, user, git commit in a repository), resolved
+        once per process: `create_run` does not add them by itself."""
+        if self._system_tags is None:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            self._system_tags = {k: str(v) for k, v in resolve_tags().items()}
+        return self._system_tags
+
+    def log_data(self, run_id: str, data: dict[str, Any]) -> None:
+        """Record the data a run trains on as an MLflow dataset input (name, source, digest, shape)."""
+        dataset = mlflow.entities.Dataset(
+            name=str(data.get("name")), digest=str(data.get("digest"))[:36], source_type="automl",
+            source=json.dumps({"source": str(data.get("source"))}),
+            profile=json.dumps({"rows": data.get("rows"), "shapes": data.get("shapes")}, default=str),
+        )
+        self.client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(dataset, [])])
+
+    @_fatal("log the best value so far")
+    def log_best_so_far(self, run_id: str, metric: str, value: float, trial_number: int) -> None:
+        """The study's best value after a trial, with `step` = trial number (a live progress chart)."""
+        self.client.log_batch(run_id, metrics=[Metric(f"best_so_far_{metric}", float(value), _now_ms(),
+                                                      trial_number)])
 
     @_fatal("start a trial run")
     def start_trial(
@@ -207,6 +291,7 @@ class Tracker:
             experiment_id,
             run_name=f"trial-{number}",
             tags={
+                **self.system_tags(),
                 "mlflow.parentRunId": parent_run_id,
                 ROLE_TAG: "trial",
                 STUDY_TAG: study_name,
@@ -272,28 +357,25 @@ class Tracker:
     @_fatal("log the best model")
     def log_model(
         self, run_id: str, model: torch.nn.Module, example: np.ndarray, study_name: str,
-        version_tags: dict[str, str],
+        version_tags: dict[str, str], weights: Path | None = None,
     ) -> tuple[str, str]:
-        """Log `model` as an MLflow PyTorch model (pt2) on the study run and register a version.
-
-        Returns (model URI, registered version).
+        """Log the best model on the study run and register a version: one MLflow model whose
+        `pytorch` flavor is pt2 (pickle plus the builder's code where torch.export fails) and whose
+        pyfunc (`automl.serving`) answers labels and probabilities like `automl predict`.
+        `weights` is its checkpoint folder (default: the run's `best_model` artifacts). The format
+        is tagged on the run as `automl.model_format`. Returns (model URI, registered version).
         """
-        model = model.to("cpu").eval()
-        with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
-        signature = mlflow.models.infer_signature(example, output)
-        with self._fluent_uris(), mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pt2",
-                input_example=example,
-                signature=signature,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
+        from automl.serving import FORMAT_KEY, log_served_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if weights is None:
+                weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
+            with self._fluent_uris():
+                model_uri, model_format = log_served_model(run_id, model, weights, example)
+        self.client.set_tag(run_id, FORMAT_KEY, model_format)
         with self._fluent_uris():
-            version = mlflow.register_model(info.model_uri, study_name, tags=version_tags)
-        return info.model_uri, str(version.version)
+            version = mlflow.register_model(model_uri, study_name, tags=version_tags)
+        return model_uri, str(version.version)
 
     @contextlib.contextmanager
     def _fluent_uris(self) -> Iterator[None]:

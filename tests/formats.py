@@ -38,3 +38,29 @@ def write_cifar10(root: Path, per_batch: int = 20) -> Path:
                  b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return root
+
+
+def write_image_folder(root: Path, n_per_class: int = 12, classes: tuple[int, ...] = (0, 1, 7),
+                       size: int = 24) -> Path:
+    """Real digits as PNG and JPEG files in torchvision's ImageFolder layout: root/<class>/<n>.png."""
+    from PIL import Image
+
+    digits = load_digits()
+    for label in classes:
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True)
+        images = digits.images[digits.target == label][:n_per_class]
+        for i, image in enumerate(images):
+            pixels = (image * 255 / 16).astype(np.uint8)
+            picture = Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST)
+            if i % 3 == 1:
+                picture.convert("RGB").save(folder / f"{i}.jpg", quality=95)
+            else:
+                picture.save(folder / f"{i}.png")
+    return root
+
+
+def write_npz(path: Path, x: np.ndarray, y: np.ndarray, compressed: bool = False) -> Path:
+    """Arrays x and y in an .npz archive, as np.savez writes it."""
+    (np.savez_compressed if compressed else np.savez)(path, x=x, y=y)
+    return path

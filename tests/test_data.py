@@ -91,7 +91,7 @@ def _write_csv(path: Path) -> Path:
 
 def test_csv_classification_one_hot(tmp_path: Path) -> None:
     csv = _write_csv(tmp_path / "homes.csv")
-    data = load_dataset("csv", seed=0, csv_path=str(csv), target="label", task="classification")
+    data = load_dataset("csv", seed=0, path=str(csv), target="label", task="classification")
     assert data.class_names == ["high", "low"]
     # size, price, kind=flat, kind=house, kind=loft
     assert data.features == ["size", "price", "kind=flat", "kind=house", "kind=loft"]
@@ -101,7 +101,7 @@ def test_csv_classification_one_hot(tmp_path: Path) -> None:
 
 def test_csv_regression_target_statistics_from_training_split(tmp_path: Path) -> None:
     csv = _write_csv(tmp_path / "homes.csv")
-    data = load_dataset("csv", seed=0, csv_path=str(csv), target="price", task="regression")
+    data = load_dataset("csv", seed=0, path=str(csv), target="price", task="regression")
     assert data.task == "regression" and data.n_outputs == 1
     assert data.target_mean == pytest.approx(float(data.train.y.double().mean()))
     assert "label=high" in data.features
@@ -110,12 +110,12 @@ def test_csv_regression_target_statistics_from_training_split(tmp_path: Path) ->
 def test_csv_errors(tmp_path: Path) -> None:
     csv = _write_csv(tmp_path / "homes.csv")
     with pytest.raises(DataError, match="no target column 'cost'"):
-        load_dataset("csv", seed=0, csv_path=str(csv), target="cost", task="regression")
+        load_dataset("csv", seed=0, path=str(csv), target="cost", task="regression")
     with pytest.raises(DataError, match="regression target 'kind' is not numeric"):
-        load_dataset("csv", seed=0, csv_path=str(csv), target="kind", task="regression")
+        load_dataset("csv", seed=0, path=str(csv), target="kind", task="regression")
     bad = tmp_path / "bad.csv"
     bad.write_text('a,b\n1,"2\n3,4,5,6\n')
     with pytest.raises(DataError, match="bad.csv: malformed CSV"):
-        load_dataset("csv", seed=0, csv_path=str(bad), target="a", task="regression")
+        load_dataset("csv", seed=0, path=str(bad), target="a", task="regression")
     with pytest.raises(DataError, match="missing.csv: CSV file not found"):
-        load_dataset("csv", seed=0, csv_path=str(tmp_path / "missing.csv"), target="a", task="regression")
+        load_dataset("csv", seed=0, path=str(tmp_path / "missing.csv"), target="a", task="regression")

@@ -9,10 +9,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -25,7 +27,7 @@ from PIL import Image
 import automl
 from automl.data import load_dataset
 from automl.progress import Progress
-from automl.study import TrialOutcome
+from automl.worker import TrialOutcome
 from tests.conftest import PYTHON, TINY_SPACE, cli, ctrl_c_enabled, make_stores
 
 STUDY = "inspect"
@@ -125,11 +127,86 @@ def test_predict_refuses_bad_input(done, capsys, tmp_path: Path) -> None:
     assert cli("predict", "--study", STUDY, tmp_path / "none.npy", "--tracking-uri", done.tracking_uri) == 2
 
 
+def _predict_json(done, capsys, *inputs) -> tuple[int, list[dict], str]:
+    capsys.readouterr()
+    code = cli("predict", "--study", STUDY, "--json", *inputs, "--tracking-uri", done.tracking_uri)
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if code == 0 else [], captured.err
+
+
+def test_predict_converts_0_255_and_inverted_digits_with_a_warning(done, capsys, tmp_path: Path) -> None:
+    """17 real digits: as an 8-bit 0..255 array and as black-on-white PNGs they get the labels
+    of the same digits in the training units 0..16, with one warning line saying what was done."""
+    x = load_dataset("digits", seed=0).test.x[:17].numpy()  # uint8, 0..16
+    np.save(tmp_path / "units.npy", x)
+    code, rows, err = _predict_json(done, capsys, tmp_path / "units.npy")
+    assert code == 0 and err == ""
+    expected = [r["prediction"] for r in rows]
+    pixels = np.round(x.astype(np.float64) * 255 / 16).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels[:, 0])  # (N, 8, 8), 0..255
+    code, rows, err = _predict_json(done, capsys, tmp_path / "pixels.npy")
+    assert code == 0 and [r["prediction"] for r in rows] == expected
+    assert err.count("\n") == 1 and "0-255 pixels: rescaled to the training range 0-16" in err
+    paths = []
+    for i, image in enumerate(255 - pixels[:, 0]):  # black digits on white paper
+        paths.append(tmp_path / f"ink{i:02d}.png")
+        Image.fromarray(image).save(paths[-1])
+    code, rows, err = _predict_json(done, capsys, *paths)
+    assert code == 0 and [r["prediction"] for r in rows] == expected
+    assert err.count("\n") == 1 and "17 of 17 image(s) have a light background: inverted" in err
+
+
+def _huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black grayscale PNG of width x height pixels, written without holding it in memory."""
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    compressor, row, parts = zlib.compressobj(1), b"\x00" * (width + 1), []
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_refuses_unusable_inputs_in_one_line(done, capsys, tmp_path: Path) -> None:
+    x = load_dataset("digits", seed=0).test.x[:8].numpy().astype(np.float32)
+    x[2, 0, 3, 3], x[5, 0, 0, 0] = np.nan, np.inf
+    np.save(tmp_path / "holes.npy", x)
+    np.save(tmp_path / "text.npy", np.array([["1", "2"], ["3", "x"]]))
+    cases = {
+        tmp_path / "holes.npy": "NaN or infinite values in holes.npy[2], holes.npy[5]",
+        tmp_path / "text.npy": "text.npy: holds <U1 values (text?); expected numbers",
+        _huge_png(tmp_path / "huge.png", 20000, 10000): "huge.png: over the 64-megapixel limit",
+        _huge_png(tmp_path / "big.png", 10000, 7000): "10000x7000 pixels is over the 64-megapixel limit",
+    }
+    for path, message in cases.items():
+        code, _, err = _predict_json(done, capsys, path)
+        assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_outputs_into_a_missing_folder_are_refused(done, capsys, tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", load_dataset("digits", seed=0).test.x[:1].numpy())
+    missing = tmp_path / "no" / "such"
+    capsys.readouterr()
+    assert cli("predict", "--study", STUDY, tmp_path / "one.npy", "--output", missing / "p.csv",
+               "--tracking-uri", done.tracking_uri) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output: folder {missing} does not exist" in err
+    assert cli("report", "--study", STUDY, "--csv", missing / "t.csv", *done.flags()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--csv: folder {missing} does not exist" in err
+
+
 def test_pyfunc_predicts_a_numpy_batch(done) -> None:
     mlflow.set_registry_uri(done.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{STUDY}@champion")
     x = load_dataset("digits", seed=0).test.x[:7].float().numpy()
-    assert np.asarray(model.predict(x)).shape == (7, 10)
+    table = model.predict(x)  # the served answer: the label and one probability per class
+    assert np.asarray(table.filter(like="p_")).shape == (7, 10)
+    assert list(table["prediction"]) == [str(i) for i in automl.load_best(STUDY, tracking_uri=done.tracking_uri)
+                                         .model(torch.from_numpy(x)).argmax(1).tolist()]
 
 
 def test_progress_bar_on_a_terminal() -> None:

@@ -26,12 +26,16 @@ class Recorder:
         self.params: dict = {}
         self.epochs: list[tuple[int, dict]] = []
         self.weights = 0
+        self.summary: dict = {}
 
     def log_params(self, params):
         self.params.update(params)
 
     def log_epoch(self, epoch, metrics):
         self.epochs.append((epoch, metrics))
+
+    def log_metrics(self, metrics):
+        self.summary = dict(metrics)
 
     def log_weights(self, folder):
         self.weights += 1

@@ -217,7 +217,7 @@ def test_processes_opening_a_new_sqlite_storage_at_once(tmp_path: Path) -> None:
     """The first processes on a new SQLite file create Optuna's tables one at a time, not in a race."""
     code = (
         "import pathlib, sys, time\n"
-        "from automl.study import open_storage\n"
+        "from automl.storage import open_storage\n"
         "print('ready', flush=True)\n"
         "while not pathlib.Path(sys.argv[2]).exists():\n"
         "    time.sleep(0.002)\n"

@@ -248,7 +248,7 @@ def test_cifar10_cnn_search_with_augmentation(tmp_path: Path, mlflow_template: P
 
 def test_sampler_and_pruner_flags_are_kept_by_the_study(tmp_path: Path, mlflow_template: Path, capsys) -> None:
     """--sampler/--pruner override the space's; a resumed study keeps them and refuses others."""
-    from automl.study import space_of
+    from automl.record import space_of
 
     stores = make_stores(tmp_path, mlflow_template)
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE)  # the file says random / none

@@ -128,3 +128,135 @@ def test_cnn_space_samples_blocks_and_channels() -> None:
     assert model.family == "cnn"
     assert len(model.channels) == trial.params["blocks"]
     assert all(f"channels_{i}" in trial.params for i in range(len(model.channels)))
+
+
+# --- the declarative schema: defaults, digest, round trip, YAML hardening, data sources ----------
+
+from automl.space import Space, SpaceError  # noqa: E402
+
+MINIMAL = "data: {dataset: digits}\nmodel: {family: mlp}\n"
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_minimal_space_gets_documented_defaults() -> None:
+    space = Space.from_yaml(MINIMAL)
+    assert (space.metric, space.direction, space.epochs, space.trials) == ("val_accuracy", "maximize", 10, 20)
+    assert (space.sampler, space.pruner, space.pruner_options) == ("tpe", "median", {"n_warmup_steps": 2})
+    assert space.optimizer.fixed == "adam" and space.optimizer_common["lr"].fixed == 1e-3
+    assert space.loss.fixed == "cross_entropy" and space.training["batch_size"].fixed == 128
+    assert space.model["depth"].fixed == 2 and space.model["width"].fixed == 128
+    model, train = suggest(optuna.trial.FixedTrial({}), space, (1, 8, 8), 10)
+    assert model.widths == (128, 128) and train.optimizer == "adam" and train.epochs == 10
+
+
+def test_regression_defaults_follow_the_task() -> None:
+    text = "data: {dataset: csv, path: d.csv, target: y, task: regression}\nmodel: {family: mlp}\n"
+    space = Space.from_yaml(text)
+    assert (space.metric, space.direction, space.loss.fixed) == ("val_rmse", "minimize", "mse")
+
+
+def test_digest_ignores_comments_and_layout_but_not_content() -> None:
+    base = Space.from_yaml(TINY_SPACE)
+    edited = "# a comment\n" + TINY_SPACE.replace("budget: {epochs: 2, trials: 3}",
+                                                  "budget:   # the budget\n  epochs: 2\n  trials: 3\n\n")
+    assert Space.from_yaml(edited).digest == base.digest
+    assert Space.from_yaml(TINY_SPACE.replace("epochs: 2", "epochs: 3")).digest != base.digest
+    explicit = MINIMAL + "budget: {epochs: 10}\noptimizer: {name: adam, lr: 1.0e-3}\n"
+    assert Space.from_yaml(explicit).digest == Space.from_yaml(MINIMAL).digest  # defaults are content
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_to_yaml_round_trips(path: Path) -> None:
+    space = Space.from_yaml(path)
+    again = Space.from_yaml(space.to_yaml())
+    assert again == space and again.digest == space.digest
+    assert Space.from_dict(space.to_dict()) == space
+
+
+def test_key_given_twice_names_both_lines() -> None:
+    text = TINY_SPACE.replace("  activation:", "  depth: 3\n  activation:")
+    with pytest.raises(SpaceError) as info:
+        parse_space(text, "tiny.yaml")
+    assert str(info.value) == "tiny.yaml: model.depth: key given twice (lines 8 and 10)"
+
+
+def test_alias_bomb_and_recursive_alias_are_refused() -> None:
+    assert len(BILLION_LAUGHS) < 500
+    with pytest.raises(SpaceError, match="expands to more than"):
+        parse_space(BILLION_LAUGHS, "bomb.yaml")
+    with pytest.raises(SpaceError, match="refers to a value that contains it"):
+        parse_space("a: &a [1, *a]\n", "loop.yaml")
+
+
+def test_messages_show_only_an_excerpt_of_large_values() -> None:
+    huge = "x" * 10_000
+    for text in (MINIMAL.replace("digits", huge), MINIMAL + f"{huge}: 1\n",
+                 MINIMAL.replace("family: mlp", f"family: mlp, dropout: [{', '.join(['1'] * 3000)}]")):
+        with pytest.raises(SpaceError) as info:
+            parse_space(text, "big.yaml")
+        assert len(str(info.value)) < 300 and "\n" not in str(info.value), str(info.value)[:400]
+
+
+def test_new_data_sources(tmp_path: Path) -> None:
+    (tmp_path / "spaces").mkdir()
+    path = tmp_path / "spaces" / "images.yaml"
+    path.write_text("data: {dataset: image_folder, path: ../pictures}\nmodel: {family: cnn, blocks: 1, channels: 4}\n")
+    space = load_space(path)
+    assert space.data_path == str(tmp_path / "pictures") and "../pictures" in space.text
+    assert (space.task, space.image_size, space.color) == ("classification", (32, 32), "rgb")
+    grey = Space.from_yaml("data: {dataset: image_folder, path: /p, image_size: [28, 24], color: grey}\n"
+                           "model: {family: mlp}\n")
+    assert (grey.image_size, grey.color) == ((28, 24), "grey")
+    npz = Space.from_yaml("data: {dataset: npz, path: /a.npz}\nmodel: {family: cnn, blocks: 1, channels: 4}\n")
+    assert npz.task == "classification" and npz.target is None
+    arrays = Space.from_dict({"data": {"dataset": "arrays", "task": "regression"}, "model": {"family": "mlp"}})
+    assert arrays.task == "regression" and arrays.data_path is None and arrays.metric == "val_rmse"
+    parquet = Space.from_yaml("data: {dataset: parquet, path: /t.parquet, target: y, task: classification}\n"
+                              "model: {family: mlp}\n")
+    assert parquet.data_path == "/t.parquet" and parquet.target == "y"
+
+
+@pytest.mark.parametrize("data,fragments", [
+    ("{dataset: image_folder}", ["data.path", "missing"]),
+    ("{dataset: parquet, path: t.parquet, task: regression}", ["data.target", "missing"]),
+    ("{dataset: arrays}", ["data.task", "missing"]),
+    ("{dataset: digits, path: x.csv}", ["data.path", "only for data.dataset: csv, parquet, image_folder, npz"]),
+    ("{dataset: image_folder, path: p, image_size: [0, 3]}", ["data.image_size", "[height, width]"]),
+    ("{dataset: image_folder, path: p, color: blue}", ["data.color", "grey, rgb", "'blue'"]),
+    ("{dataset: csv, path: t.csv, target: y, task: classification, color: rgb}", ["data.color", "only for"]),
+])
+def test_bad_data_sources(data: str, fragments: list[str]) -> None:
+    with pytest.raises(SpaceError) as info:
+        parse_space(f"data: {data}\nmodel: {{family: mlp}}\n", "d.yaml")
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_model_needs_a_family_or_a_builder() -> None:
+    with pytest.raises(SpaceError, match=r"m.yaml: model.family: missing; expected one of mlp, cnn"):
+        parse_space("data: {dataset: digits}\nmodel: {depth: 2}\n", "m.yaml")
+    with pytest.raises(SpaceError, match=r"m.yaml: model: missing section"):
+        parse_space("data: {dataset: digits}\n", "m.yaml")
+
+
+def test_with_algorithms_keeps_the_digest_and_takes_registry_defaults() -> None:
+    space = Space.from_yaml(TINY_SPACE)
+    changed = space.with_algorithms("tpe", "median")
+    assert (changed.sampler, changed.sampler_options) == ("tpe", {})
+    assert (changed.pruner, changed.pruner_options) == ("median", {"n_warmup_steps": 2})
+    assert changed.digest == space.digest and changed.text == space.text
+    assert space.with_algorithms(None, None) is space
+    with pytest.raises(SpaceError, match="pruner.options"):
+        space.with_algorithms(None, "percentile")
+
+
+def test_list_choices_are_sampled_as_lists(tmp_path: Path) -> None:
+    space = Space.from_yaml(ROOT / "examples" / "tutorial_search.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    model, _ = suggest(trial, space, (1, 8, 8), 10)
+    sizes = model.builder_params["hidden_sizes"]
+    assert isinstance(sizes, list) and all(isinstance(s, int) for s in sizes)
+    assert "hidden_sizes" in trial.params

@@ -1,0 +1,437 @@
+"""The use cases: search, worker, best, report, studies, predict.
+
+The only module that composes storage, study record, tracking, data, the worker loop and
+publishing. `automl.search(...)` and the command line both call it, so both write the same records.
+Bad input raises `UsageError` subclasses (one line each); a search stopped by Ctrl-C or SIGTERM
+closes both stores first and then re-raises the interrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from automl import checks, keys
+from automl.errors import FatalError, UsageError
+
+Say = Callable[[str], None]
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "digits_mlp.yaml"
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass
+class SearchRequest:
+    """Everything a search needs; the command line's flags map one to one onto these fields."""
+
+    space: Any  # a path, YAML text, a dict or an automl.Space
+    trials: int | None = None
+    timeout: float | None = None
+    study: str | None = None
+    seed: int | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    device: str = "auto"
+    data_dir: str = "data"
+    download: bool = False
+    workers: int | None = None
+    workers_per_gpu: int = 1
+    launcher: str = "local"
+    resume: bool = False
+    sampler: str | None = None
+    pruner: str | None = None
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    retry_failed: int = 0
+    threads: int | None = None
+    quiet: bool = False
+    data: Any = None  # data given from Python: (X, y), (DataFrame, "target") or a torch Dataset
+    model: Any = None  # a builder given from Python: an nn.Module class or a function
+
+
+@dataclass
+class WorkerRequest:
+    """A worker joining an existing study (`automl worker`)."""
+
+    study: str
+    storage: str | None = None
+    tracking_uri: str | None = None
+    device: str = "auto"
+    data_dir: str = "data"
+    download: bool = False
+    timeout: float | None = None
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    retry_failed: int = 0
+    threads: int | None = None
+    quiet: bool = False
+    worker_index: int = 0
+
+
+@dataclass
+class Best:
+    """The best trial of a search: its trained network (eval mode), parameters and scores."""
+
+    trial: int
+    params: dict[str, Any]
+    metrics: dict[str, float]  # the validation metric and the test scores
+    model: Any = None  # torch.nn.Module
+
+
+@dataclass
+class SearchResult:
+    """What `automl.search` returns."""
+
+    study_name: str
+    study: Any  # optuna.Study
+    best: Best | None
+    model_uri: str
+    tracking_uri: str
+    storage: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def trials(self) -> Any:
+        """One row per trial (the columns of `automl report`), best first."""
+        from automl.report import trials_table
+
+        return trials_table(self.study)
+
+
+def search(space: Any = None, **options: Any) -> SearchResult:
+    """Run (or resume) a search; keyword arguments mirror the command line's flags.
+
+    >>> result = automl.search("search_spaces/digits_mlp.yaml", trials=30, seed=0)
+    >>> result.best.model, result.best.params, result.trials, result.model_uri
+    """
+    progress = options.pop("progress", True)
+    request = SearchRequest(space=DEFAULT_SPACE if space is None else space, quiet=not progress, **options)
+    return run_search(request)
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+def _as_space(request: SearchRequest) -> Any:
+    """The validated space of a request (parsed once per process)."""
+    from automl.space import Space
+
+    given = request.space
+    if isinstance(given, Space):
+        space = given
+    elif isinstance(given, dict):
+        space = Space.from_dict(given)
+    elif isinstance(given, (str, Path)):
+        space = Space.from_yaml(given)
+    else:
+        raise UsageError(f"space: expected a path, YAML text, a dict or an automl.Space, got {type(given).__name__}")
+    if request.model is not None:
+        space = space.with_builder(request.model)
+    return space
+
+
+def _load_data(space: Any, seed: int, data_dir: str, download: bool, python_data: Any = None) -> Any:
+    from automl.data import dataset_from_python, load_dataset
+
+    if python_data is not None:
+        return dataset_from_python(python_data, task=space.task, seed=seed,
+                                   validation_fraction=space.validation_fraction,
+                                   test_fraction=space.test_fraction)
+    return load_dataset(
+        space.dataset, seed=seed, data_dir=data_dir,
+        validation_fraction=space.validation_fraction, test_fraction=space.test_fraction,
+        path=space.data_path, target=space.target, task=space.task,
+        image_size=space.image_size, color=space.color, download=download,
+    )
+
+
+def _setup_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class _Search:
+    """A search under way: what the phases of `run_search` share."""
+
+    request: SearchRequest
+    space: Any
+    name: str
+    storage_url: str
+    tracking_uri: str
+    device: Any
+    gpus: list[str]
+    workers: int
+    seed: int
+    data: Any = None
+    storage: Any = None
+    tracker: Any = None
+    handle: Any = None
+    study: Any = None
+
+
+def _check_numbers(request: SearchRequest) -> None:
+    """The numeric options (the command line's types check the same)."""
+    for flag, value, low in (("--trials", request.trials, 1), ("--workers", request.workers, 0),
+                             ("--retry-failed", request.retry_failed, 0), ("--threads", request.threads, 1),
+                             ("--heartbeat-interval", request.heartbeat_interval, 1),
+                             ("--grace-period", request.grace_period, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise UsageError(f"{flag}: must be a whole number of at least {low}, got {value!r}")
+    if request.timeout is not None and not (isinstance(request.timeout, (int, float)) and request.timeout > 0):
+        raise UsageError(f"--timeout: must be a positive number of seconds, got {request.timeout!r}")
+
+
+def _prepare(request: SearchRequest) -> _Search:
+    """Check every input and load the data: nothing is created yet."""
+    from automl import launch
+    from automl.train import resolve_device
+
+    _check_numbers(request)
+    space = _as_space(request)
+    if request.pruner == "percentile":
+        raise UsageError("--pruner: percentile needs its `percentile` option: set it in the space's pruner section")
+    space = space.with_algorithms(request.sampler, request.pruner)
+    name = checks.check_study_name(request.study or space.name)
+    storage_url = checks.storage_url(request.storage)
+    device = resolve_device(request.device)
+    gpus = launch.visible_gpus() if device.type == "cuda" else []
+    workers = request.workers if request.workers is not None else (
+        len(gpus) * request.workers_per_gpu if gpus else 1)
+    if request.launcher == "ray" and workers < 1:
+        raise UsageError("--workers: the Ray launcher needs at least one worker")
+    if request.data is not None and (workers != 1 or len(gpus) > 1):
+        raise UsageError("data: data given from Python trains in this process only: use workers=1")
+    seed = 0 if request.seed is None else request.seed
+    data = _load_data(space, seed, request.data_dir, request.download, request.data)
+    if space.builder is not None:  # the user's network: built once and run on two inputs first
+        from automl.space import check_space_builder
+
+        check_space_builder(space, data.input_shape, data.n_outputs, seed)
+    tracking_uri = checks.tracking_uri(request.tracking_uri)
+    return _Search(request, space, name, storage_url, tracking_uri, device, gpus, workers, seed, data)
+
+
+def _open_study(s: _Search, say: Say) -> int:
+    """Create or resume the study, its MLflow run and its budget. Returns how many trials were queued."""
+    import optuna
+
+    from automl import record, storage
+    from automl.tracking import Tracker
+    from automl.worker import close_stale_run
+
+    request = s.request
+    s.storage = storage.open_storage(s.storage_url, request.heartbeat_interval, request.grace_period,
+                                     close_stale_run(s.tracking_uri, request.retry_failed))
+    exists = s.name in optuna.study.get_all_study_names(s.storage)
+    if request.resume and not exists:
+        raise UsageError(f"--resume: no study named {s.name!r} in {checks.mask_url(s.storage_url)}")
+    if exists and request.tracking_uri is None and not checks.tracking_env():
+        stored = record.stored_tracking_uri(s.storage, s.name)
+        s.tracking_uri = checks.tracking_uri(None, stored)
+    s.tracker = Tracker(s.tracking_uri)
+    with storage.budget_lock(s.storage_url, s.name):
+        identity = s.data.identity()
+        study, created = record.create_or_load(s.name, s.storage, s.space, s.seed, identity)
+        s.space = record.keep_algorithms(study, s.space, request.sampler, request.pruner)
+        stored_seed = study.user_attrs.get(keys.SEED, s.seed)
+        if stored_seed != s.seed:
+            if request.seed is not None:
+                raise UsageError(f"--seed: study {s.name!r} was created with seed {stored_seed}, not {s.seed}")
+            s.seed = stored_seed
+            s.data = _load_data(s.space, s.seed, request.data_dir, request.download, request.data)
+        record.check_tracking(study, s.tracker)
+        experiment_id, parent = record.attach_tracking(study, s.tracker, _study_params(s), identity, say)
+        n_trials = request.trials or s.space.trials
+        queued = record.top_up_budget(study, n_trials)
+    s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed),
+                                  record.make_pruner(s.space), s.seed, experiment_id, parent)
+    s.study = study
+    sizes = f"{len(s.data.train)}/{len(s.data.val)}/{len(s.data.test)}"
+    say(f"study {s.name}: {'created' if created else 'resumed'}, {n_trials} trials in all, {queued} queued "
+        f"now; data {s.data.name} (train/val/test {sizes}); device {s.device}; workers {s.workers}")
+    say(f"  optuna storage {checks.mask_url(s.storage_url)}; mlflow {checks.mask_url(s.tracking_uri)} "
+        f"(experiment {experiment_id}, run {parent})")
+    return queued
+
+
+def _study_params(s: _Search) -> dict[str, Any]:
+    space = s.space
+    return {"dataset": space.dataset, "metric": space.metric, "direction": space.direction,
+            "epochs": space.epochs, "sampler": space.sampler, "pruner": space.pruner,
+            "seed": s.seed, "space_file": space.source, "space_digest": space.digest,
+            "family": space.family}
+
+
+def _run_trials(s: _Search, progress: Any, deadline: float | None) -> None:
+    """Run the trials here, in worker processes or Ray tasks, and wait for workers elsewhere."""
+    from automl import launch
+    from automl.objective import Objective
+    from automl.worker import run_worker, sweep
+
+    request = s.request
+    swept = sweep(s.study, s.storage, s.tracker, s.handle.parent_run_id, s.handle.experiment_id)
+    if swept and not request.quiet:
+        _print(f"  {swept} trial(s) left running by a dead worker marked failed")
+    s.tracker.set_status(s.handle.parent_run_id, "RUNNING")
+    timeout = request.timeout or s.space.timeout
+    plan = launch.WorkerPlan(
+        s.name, checks.absolute_sqlite(s.storage_url), checks.absolute_sqlite(s.tracking_uri),
+        str(Path(request.data_dir).resolve()), request.device, request.heartbeat_interval,
+        request.grace_period, request.retry_failed, timeout, request.quiet)
+    if request.launcher == "ray":
+        launch.run_ray_workers(plan, s.workers, request.threads)
+    elif s.workers == 1 and len(s.gpus) <= 1:
+        objective = Objective(s.space, s.data.to(s.device), s.seed)
+        run_worker(s.handle, objective, s.tracker, deadline, progress.trial, linger=request.retry_failed > 0)
+    elif s.workers > 0:
+        launch.run_local_workers(plan, s.workers, request.threads, s.gpus, s.handle, progress)
+    launch.wait_for_other_workers(s.handle, progress, deadline, include_queued=s.workers == 0)
+
+
+def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
+    """Run a search: check inputs, open the study, run trials, publish the best model.
+
+    Ctrl-C / SIGTERM: the running trial is closed, the best model so far is still published, the
+    study run is closed KILLED, then the interrupt is raised again. A fatal error closes the study
+    run FAILED and is raised."""
+    from automl import storage
+    from automl.progress import Progress
+    from automl.publish import finalize
+    from automl.record import queued_total
+    from automl.storage import quiet_optuna
+
+    quiet_optuna()
+    s = _prepare(request)
+    _setup_threads(request.threads)
+    _open_study(s, say)
+    timeout = request.timeout or s.space.timeout
+    deadline = time.monotonic() + timeout if timeout else None
+    in_study = len(s.study.get_trials(deepcopy=False))
+    progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
+    stop: BaseException | None = None
+    status = "FINISHED"
+    best = result = None
+    try:
+        try:
+            _run_trials(s, progress, deadline)
+        except KeyboardInterrupt as e:
+            stop, status = e, "KILLED"
+        except Exception as e:  # FatalError, or a bug: the study run is closed FAILED all the same
+            stop, status = e, "FAILED"
+        finally:
+            progress.close()
+        if stop is None or isinstance(stop, KeyboardInterrupt):  # after a failure nothing more is written
+            try:
+                with storage.budget_lock(s.storage_url, s.name):
+                    best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None)
+                _print_summary(s, best, say)
+                result = _result(s, best)
+            except KeyboardInterrupt as e:
+                stop, status = stop or e, "KILLED"
+            except FatalError as e:
+                stop = stop or e
+                status = "FAILED" if status == "FINISHED" else status
+            except Exception as e:  # an unexpected failure still closes the study run
+                stop = stop or FatalError(f"publishing the best model failed: {type(e).__name__}: {e}")
+                status = "FAILED" if status == "FINISHED" else status
+    finally:
+        with _closing_errors(stop):
+            s.tracker.set_status(s.handle.parent_run_id, status)
+        s.storage.engine.dispose()  # SQLite removes its -wal/-shm files with the last connection
+    if stop is not None:
+        raise stop
+    assert result is not None
+    return result
+
+
+@contextlib.contextmanager
+def _closing_errors(stop: BaseException | None) -> Iterator[None]:
+    """A failure to close the study run is raised unless an earlier error is on its way already."""
+    try:
+        yield
+    except FatalError:
+        if stop is None:
+            raise
+
+
+def _result(s: _Search, best: Any) -> SearchResult:
+    from automl.record import counts
+
+    study = s.handle.load()
+    chosen = None
+    if best is not None:
+        metrics = {s.space.metric: best.value, **best.test_metrics}
+        chosen = Best(best.trial, dict(study.trials[best.trial].params), metrics, best.model)
+    return SearchResult(s.name, study, chosen, f"models:/{s.name}@champion", checks.mask_url(s.tracking_uri),
+                        checks.mask_url(s.storage_url), counts(study))
+
+
+def _print_summary(s: _Search, best: Any, say: Say) -> None:
+    from automl.record import counts
+
+    study = s.handle.load()
+    totals = counts(study)
+    queued = f", {totals['WAITING']} still queued" if totals["WAITING"] else ""
+    say(f"study {s.name}: {totals['COMPLETE']} complete, {totals['PRUNED']} pruned, {totals['FAIL']} failed{queued}")
+    if totals["COMPLETE"]:
+        trial = study.best_trial
+        line = f"best trial {trial.number}: {s.space.metric}={trial.value:.4f}"
+        if best is not None:
+            test = ", ".join(f"{k}={v:.4f}" for k, v in best.test_metrics.items())
+            line += f"; {test}; model version {best.version}"
+        say(line)
+        say(f"  reload: automl.load_best({s.name!r}) or mlflow.pytorch.load_model('models:/{s.name}@champion')")
+    say(f"  view: automl ui --tracking-uri {checks.mask_url(s.tracking_uri)}")
+
+
+# --- worker -------------------------------------------------------------------------------------
+
+
+def run_worker(request: WorkerRequest) -> int:
+    """Join a study and run its queued trials until none is left (or the timeout). Returns trials run."""
+    from automl import record, storage
+    from automl.objective import Objective
+    from automl.progress import Progress
+    from automl.queries import load_study
+    from automl.storage import quiet_optuna
+    from automl.tracking import Tracker
+    from automl.train import resolve_device
+    from automl.worker import close_stale_run
+    from automl.worker import run_worker as loop
+
+    quiet_optuna()
+    name = checks.check_study_name(request.study)
+    storage_url = checks.storage_url(request.storage)
+    device = resolve_device(request.device)
+    _setup_threads(request.threads)
+    study = load_study(name, storage_url)
+    space = record.space_of(study)
+    attrs = study.user_attrs
+    tracking_uri = checks.tracking_uri(request.tracking_uri, attrs.get(keys.TRACKING_URI))
+    if keys.PARENT_RUN_ID not in attrs:
+        raise UsageError(f"--study: study {name!r} has no MLflow run yet; start it with `automl search`")
+    seed = int(attrs.get(keys.SEED, 0))
+    data = _load_data(space, seed, request.data_dir, request.download)
+    opened = storage.open_storage(storage_url, request.heartbeat_interval, request.grace_period,
+                                  close_stale_run(tracking_uri, request.retry_failed))
+    handle = record.StudyHandle(name, opened, space,
+                                record.make_sampler(space, seed + 7919 * (request.worker_index + 1)),
+                                record.make_pruner(space), seed, attrs[keys.EXPERIMENT_ID],
+                                attrs[keys.PARENT_RUN_ID])
+    deadline = time.monotonic() + request.timeout if request.timeout else None
+    progress = Progress(int(attrs.get(keys.BUDGET, 0)), 0, space.metric, request.quiet)
+    try:
+        return loop(handle, Objective(space, data.to(device), seed), Tracker(tracking_uri), deadline,
+                    progress.trial, linger=request.retry_failed > 0)
+    finally:
+        progress.close()
+        opened.engine.dispose()

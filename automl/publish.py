@@ -1,0 +1,156 @@
+"""Publishing a study's result: the summary on the study run, the best trial's weights evaluated
+on the test split, the MLflow model, its registered version and the champion alias."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from automl.checkpoint import load_checkpoint
+from automl.data import Dataset
+from automl.errors import FatalError
+from automl.keys import RUN_ID
+from automl.plots import PlotJob
+from automl.record import StudyHandle, counts
+from automl.report import trials_table
+from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, WEIGHTS_DIR, Tracker
+from automl.train import evaluate
+
+
+@dataclass
+class BestModel:
+    """What `finalize` logged about the best trial."""
+
+    trial: int
+    value: float
+    test_metrics: dict[str, float]
+    model_uri: str
+    version: str
+    champion: bool | None  # whether this search moved the champion alias (None: logged earlier)
+    model: Any = None  # the best network (eval mode, on the CPU)
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+def finalize(
+    handle: StudyHandle, tracker: Tracker, data: Dataset, say: Callable[[str], None] = print,
+    interrupted: bool = False,
+) -> BestModel | None:
+    """Summarise the study on its parent run; log, register and crown the best model.
+
+    Idempotent: the best model is logged and registered once per best trial, even when an earlier
+    summary was interrupted half-way. Raises FatalError when trials finished and none completed
+    (nothing is logged or registered then), unless the search was `interrupted`.
+    """
+    study = handle.load()
+    totals = counts(study)
+    summary_metrics = {f"n_{k.lower()}": float(v) for k, v in totals.items()
+                       if k in ("COMPLETE", "PRUNED", "FAIL")}
+    table = trials_table(study)
+    finished = totals["COMPLETE"] + totals["PRUNED"] + totals["FAIL"]
+    if totals["COMPLETE"] == 0:
+        tracker.log_summary(handle.parent_run_id, {}, summary_metrics, _count_tags(totals), table)
+        if finished and not interrupted:
+            raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
+                             "were pruned; no best model was logged")
+        return None
+    plots = PlotJob(study)  # drawn in a child process while the best model is logged
+    try:
+        best = _log_best(handle, tracker, data, study, summary_metrics, table, say)
+        folder = plots.result()
+        if folder is not None:
+            tracker.log_folder(handle.parent_run_id, folder, "plots")
+        return best
+    finally:
+        plots.cleanup()
+
+
+def _count_tags(totals: dict[str, int]) -> dict[str, str]:
+    return {f"automl.n_{k.lower()}": str(totals[k]) for k in ("COMPLETE", "PRUNED", "FAIL")}
+
+
+def _evaluate_best(handle: StudyHandle, tracker: Tracker, data: Dataset, best: optuna.trial.FrozenTrial,
+                   folder: Path) -> tuple[Any, dict[str, float], Path]:
+    """The best trial's kept weights, evaluated on the test split; metadata written beside them."""
+    run_id = best.user_attrs.get(RUN_ID)
+    weights = tracker.download(run_id, WEIGHTS_DIR, folder)
+    model = load_checkpoint(weights, "cpu")
+    test = {f"test_{k}": v for k, v in evaluate(model, data.to("cpu").test, data.task).items()}
+    space = handle.space
+    (weights / "metadata.json").write_text(json.dumps({
+        "study": handle.name, "trial": best.number, "metric": space.metric, "value": best.value,
+        "direction": space.direction, "params": best.params, "trial_run_id": run_id,
+        "study_run_id": handle.parent_run_id, **test,
+    }, indent=2))
+    return model.eval(), test, weights
+
+
+def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optuna.Study,
+              summary_metrics: dict[str, float], table: Any, say: Callable[[str], None]) -> BestModel:
+    """Evaluate the best trial's kept weights on the test split; log, register and crown it."""
+    space = handle.space
+    best = study.best_trial
+    test_metric = "test_" + space.metric.removeprefix("val_")
+    tags = tracker.tags(handle.parent_run_id)
+    best_tags = {f"best.{k}": str(v) for k, v in best.params.items()}
+    summary_metrics[f"best_{space.metric}"] = float(best.value)
+    count_tags = _count_tags(counts(study))
+    with tempfile.TemporaryDirectory() as tmp:
+        model, test, weights = _evaluate_best(handle, tracker, data, best, Path(tmp))
+        if tags.get(BEST_TRIAL_TAG) == str(best.number):  # already published by an earlier summary
+            tracker.log_summary(handle.parent_run_id, {}, summary_metrics, {**best_tags, **count_tags}, table)
+            return BestModel(best.number, float(best.value), test, tags.get("automl.best_model_uri", ""),
+                             tags.get("automl.registered_version", ""), None, model)
+        version_tags = {"study": handle.name, "trial": str(best.number), test_metric: str(test[test_metric]),
+                        "direction": space.direction, "study_run_id": handle.parent_run_id}
+        # an earlier summary stopped after registering: finish its work instead of repeating it
+        found = tracker.find_version(handle.name, {"study_run_id": handle.parent_run_id, "trial": str(best.number)})
+        if found is not None:
+            model_uri, version = found.source, str(found.version)
+        else:
+            tracker.log_folder(handle.parent_run_id, weights, BEST_DIR)
+            example = data.to("cpu").test.x[:4].float().numpy()
+            with _mlflow_lines_hidden():  # MLflow's own "Successfully registered ..." lines: ours say it
+                model_uri, version = tracker.log_model(handle.parent_run_id, model, example, handle.name,
+                                                       version_tags, weights=weights)
+    crown = _crown(handle, tracker, version, test_metric, test[test_metric], say)
+    summary_metrics.update(test)
+    tracker.log_summary(
+        handle.parent_run_id, {}, summary_metrics,
+        {**best_tags, **count_tags, BEST_TRIAL_TAG: str(best.number), "automl.best_model_uri": model_uri,
+         "automl.registered_version": version},
+        table,
+    )
+    return BestModel(best.number, float(best.value), test, model_uri, version, crown, model)
+
+
+@contextlib.contextmanager
+def _mlflow_lines_hidden() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _crown(handle: StudyHandle, tracker: Tracker, version: str, test_metric: str, score: float,
+           say: Callable[[str], None]) -> bool:
+    """Move the champion alias to `version` when it beats the current champion (or there is none)."""
+    current = tracker.champion(handle.name)
+    crown = True
+    if current is not None and str(current.version) != version and test_metric in current.tags:
+        crown = better(score, float(current.tags[test_metric]), handle.space.direction)
+    if crown:
+        tracker.set_champion(handle.name, version)
+        say(f"Registered {handle.name} version {version} as @champion ({test_metric}={score:.4f})")
+    else:
+        say(f"Registered {handle.name} version {version}; @champion stays on version "
+            f"{current.version} ({test_metric}={float(current.tags[test_metric]):.4f} vs {score:.4f})")
+    return crown

@@ -1,0 +1,259 @@
+"""The worker loop: claim a queued trial, keep its heartbeat, run it, close it in both stores with
+its true outcome; sweep up after dead workers; hold signals while a trial is opened or closed."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import psutil
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.errors import FatalError, Terminated, TrialFailed
+from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, WORKER
+from automl.objective import STORAGE_ERRORS, Objective, release_memory
+from automl.record import StudyHandle
+from automl.signals import SignalHold
+from automl.tracking import REASON_TAG, STATE_TAG, Tracker, TrackingError, TrialRun, run_status_for
+
+# --- sweeping up after dead workers ----------------------------------------------------------------
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return started is None or abs(process.create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tracker,
+          parent_run_id: str, experiment_id: str) -> int:
+    """Fail trials whose worker process on this host is gone; close runs left RUNNING by trials
+    that have finished. Returns how many trials were failed."""
+    host = socket.gethostname()
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER) or {}
+        if worker.get("host") == host and not _process_alive(worker["pid"], worker.get("started")):
+            reason = f"worker process {worker['pid']} on {host} died mid-trial"
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    failed += 1
+    states = {t.user_attrs.get(RUN_ID): t for t in study.get_trials(deepcopy=False)}
+    for run in tracker.trial_runs(parent_run_id, experiment_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial = states.get(run.info.run_id)
+        if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        reason = trial.user_attrs.get(FAIL_REASON, "the worker stopped before closing this run")
+        tracker.set_status(run.info.run_id, run_status_for(trial.state.name),
+                           {STATE_TAG: trial.state.name, REASON_TAG: reason})
+    return failed
+
+
+def close_stale_run(tracker_uri: str, retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Heartbeat callback: a trial whose worker went silent is FAIL; close its run, maybe retry it."""
+    retry_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry else None
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(RUN_ID)
+        if run_id:
+            Tracker(tracker_uri).set_status(
+                run_id, "FAILED",
+                {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"},
+            )
+        if retry_callback is not None:
+            retry_callback(study, trial)
+
+    return callback
+
+
+# --- the worker loop ---------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval in a daemon thread (RDB storages only)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = storage.get_heartbeat_interval()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="automl-heartbeat")
+
+    def _beat(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is not fatal; staleness is
+                self.storage.record_heartbeat(self.trial_id)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
+def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
+    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty.
+
+    `study` must be freshly loaded (its trial cache not yet read): samplers read that cache."""
+    # one read fills the study's trial cache (which must know the trial) and lists the pool;
+    # the cache re-reads unfinished trials on its next read, so it sees the claim
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended, and the study's best complete trial right after it (if any)."""
+
+    number: int
+    state: TrialState
+    value: float | None
+    seconds: float
+    reason: str
+    best: FrozenTrial | None
+
+
+ReportFn = Callable[[TrialOutcome], None]
+
+
+# run names tell outcomes apart in the MLflow runs table (pruned and failed share one icon there)
+RUN_NAMES = {TrialState.COMPLETE: "trial-{}", TrialState.PRUNED: "trial-{} (pruned)",
+             TrialState.FAIL: "trial-{} (failed)"}
+
+
+def _open_trial(handle: StudyHandle, trial: optuna.Trial, tracker: Tracker) -> TrialRun:
+    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run."""
+    storage = handle.storage
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+    storage.set_trial_user_attr(trial._trial_id, WORKER, worker)
+    run = tracker.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
+    storage.set_trial_user_attr(trial._trial_id, RUN_ID, run.run_id)
+    return run
+
+
+def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) -> TrialOutcome | None:
+    """Claim a queued trial, run it, and close it in both stores with its true outcome.
+
+    Returns None when no trial is queued. Ctrl-C, SIGTERM and fatal errors still close the trial
+    (FAIL) and its run (KILLED or FAILED), then propagate.
+    """
+    started = time.monotonic()
+    study = handle.load()
+    optuna.storages.fail_stale_trials(study)
+    signals = SignalHold()
+    signals.hold()
+    trial = claim_trial(study, handle.storage)
+    if trial is None:
+        signals.release()
+        return None
+    storage = handle.storage
+    value: float | None = None
+    reason = ""
+    escaping: BaseException | None = None
+    run_status = None
+    run: TrialRun | None = None
+    with Heartbeat(storage, trial._trial_id):
+        try:
+            run = _open_trial(handle, trial, tracker)
+            signals.release()  # a signal held since the claim is raised here
+            value = objective(trial, run)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned as e:
+            state, reason = TrialState.PRUNED, str(e)
+        except TrialFailed as e:
+            state, reason = TrialState.FAIL, str(e)
+        except KeyboardInterrupt as e:
+            state, escaping, run_status = TrialState.FAIL, e, "KILLED"
+            reason = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        except BaseException as e:
+            state, escaping = TrialState.FAIL, e
+            reason = f"{type(e).__name__}: {e}"
+        finally:
+            signals.release(raise_pending=False)
+            signals.hold()  # closing the trial is not interrupted; a signal waits until it is done
+
+    seconds = time.monotonic() - started
+    tags = {STATE_TAG: state.name, "automl.seconds": f"{seconds:.3f}",
+            "mlflow.runName": RUN_NAMES[state].format(trial.number)}
+    if reason:
+        tags[REASON_TAG] = reason[:5000]
+    try:
+        try:
+            attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(state)
+            if attr:
+                storage.set_trial_user_attr(trial._trial_id, attr, reason)
+            storage.set_trial_user_attr(trial._trial_id, SECONDS, round(seconds, 3))
+            study.tell(trial, value, state=state)
+        except STORAGE_ERRORS as e:
+            if run is not None:
+                with contextlib.suppress(Exception):
+                    run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
+            raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
+        if run is not None and isinstance(escaping, TrackingError):
+            # e.g. only the artifact store failed: close the run while the database still answers
+            with contextlib.suppress(Exception):
+                run.end("FAILED", {**tags, REASON_TAG: str(escaping)[:5000]})
+        elif run is not None:
+            run.end(run_status or run_status_for(state.name), tags)
+    finally:
+        signals.release(raise_pending=escaping is None)
+    if escaping is not None:
+        raise escaping
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        best = None
+    if best is not None and best.number == trial.number:
+        tracker.log_best_so_far(handle.parent_run_id, handle.space.metric, best.value, trial.number)
+    return TrialOutcome(trial.number, state, value, seconds, reason, best)
+
+
+def run_worker(
+    handle: StudyHandle,
+    objective: Objective,
+    tracker: Tracker,
+    deadline: float | None = None,
+    report: ReportFn | None = None,
+    linger: bool = False,
+) -> int:
+    """Claim and run trials until the pool is empty or `deadline` (monotonic) passes.
+
+    With `linger` (lost trials are retried), an empty pool is not the end while trials still run
+    elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
+    done = 0
+    gc.collect()
+    gc.freeze()  # libraries and data stay; the per-trial collection then only scans new objects
+    while deadline is None or time.monotonic() < deadline:
+        outcome = run_next_trial(handle, objective, tracker)
+        if outcome is None:
+            running = handle.load().get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if linger and running:
+                time.sleep(handle.storage.get_heartbeat_interval() or 1)
+                continue
+            break
+        done += 1
+        release_memory()
+        if report is not None:
+            report(outcome)
+    return done
