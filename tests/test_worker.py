@@ -1,0 +1,58 @@
+"""The worker loop on its own: two in-process workers on one study keep the budget exact; a
+claimed trial is closed in both stores."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+
+from automl import record, storage
+from automl.data import load_dataset
+from automl.objective import Objective
+from automl.space import parse_space
+from automl.tracking import Tracker
+from automl.worker import claim_trial, run_worker
+from tests.conftest import TINY_SPACE, Stores
+
+
+def _study(stores: Stores, trials: int) -> tuple:
+    space = parse_space(TINY_SPACE.replace("epochs: 2", "epochs: 1"), "tiny.yaml")
+    data = load_dataset("digits", seed=0)
+    opened = storage.open_storage(stores.storage_url)
+    tracker = Tracker(stores.tracking_uri)
+    study, created = record.create_or_load("w", opened, space, 0, data.identity())
+    experiment, parent = record.attach_tracking(study, tracker, {}, data.identity(), print)
+    assert created and record.top_up_budget(study, trials) == trials
+    return space, data, opened, tracker, experiment, parent
+
+
+def test_two_workers_in_threads_keep_the_budget_exact(stores: Stores) -> None:
+    space, data, opened, tracker, experiment, parent = _study(stores, 5)
+    done: list[int] = []
+
+    def work(index: int) -> None:
+        handle = record.StudyHandle("w", opened, space, record.make_sampler(space, index), record.make_pruner(space),
+                                    0, experiment, parent)
+        done.append(run_worker(handle, Objective(space, data, 0), tracker))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trials = optuna.load_study(study_name="w", storage=stores.storage_url).trials
+    assert sum(done) == 5 and len(trials) == 5
+    assert sorted(t.number for t in trials) == list(range(5))
+    assert all(t.state.is_finished() for t in trials)
+    runs = stores.client().search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(runs) == 5 and all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_claim_takes_each_waiting_trial_once(stores: Stores) -> None:
+    _, _, opened, *_ = _study(stores, 2)
+    first = claim_trial(optuna.load_study(study_name="w", storage=opened), opened)
+    second = claim_trial(optuna.load_study(study_name="w", storage=opened), opened)
+    third = claim_trial(optuna.load_study(study_name="w", storage=opened), opened)
+    assert first is not None and second is not None and third is None
+    assert first.number != second.number
