@@ -53,6 +53,8 @@ class SearchRequest:
     quiet: bool = False
     data: Any = None  # data given from Python: (X, y), (DataFrame, "target") or a torch Dataset
     model: Any = None  # a builder given from Python: an nn.Module class or a function
+    warm_start: list[str] | None = None  # earlier studies whose best parameter sets run first
+    warm_start_k: int = 3
 
 
 @dataclass
@@ -183,7 +185,8 @@ def _check_numbers(request: SearchRequest) -> None:
     for flag, value, low in (("--trials", request.trials, 1), ("--workers", request.workers, 0),
                              ("--retry-failed", request.retry_failed, 0), ("--threads", request.threads, 1),
                              ("--heartbeat-interval", request.heartbeat_interval, 1),
-                             ("--grace-period", request.grace_period, 1)):
+                             ("--grace-period", request.grace_period, 1),
+                             ("--warm-start-k", request.warm_start_k, 1)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
             raise UsageError(f"{flag}: must be a whole number of at least {low}, got {value!r}")
     if request.timeout is not None and not (isinstance(request.timeout, (int, float)) and request.timeout > 0):
@@ -224,7 +227,7 @@ def _open_study(s: _Search, say: Say) -> int:
     """Create or resume the study, its MLflow run and its budget. Returns how many trials were queued."""
     import optuna
 
-    from automl import record, storage
+    from automl import record, stopping, storage
     from automl.tracking import Tracker
     from automl.worker import close_stale_run
 
@@ -237,6 +240,9 @@ def _open_study(s: _Search, say: Say) -> int:
     if exists and request.tracking_uri is None and not checks.tracking_env():
         stored = record.stored_tracking_uri(s.storage, s.name)
         s.tracking_uri = checks.tracking_uri(None, stored)
+    for source in request.warm_start or []:
+        if source not in optuna.study.get_all_study_names(s.storage):
+            raise UsageError(f"--warm-start: no study named {source!r} in {checks.mask_url(s.storage_url)}")
     s.tracker = Tracker(s.tracking_uri)
     with storage.budget_lock(s.storage_url, s.name):
         identity = s.data.identity()
@@ -252,6 +258,14 @@ def _open_study(s: _Search, say: Say) -> int:
         experiment_id, parent = record.attach_tracking(study, s.tracker, _study_params(s), identity, say)
         n_trials = request.trials or s.space.trials
         queued = record.top_up_budget(study, n_trials)
+        if queued and stopping.STOP_REASON_TAG in s.tracker.tags(parent):  # a larger budget goes on
+            s.tracker.client.delete_tag(parent, stopping.STOP_REASON_TAG)
+        if request.warm_start:
+            placed = stopping.warm_start(study, s.storage, list(request.warm_start), k=request.warm_start_k,
+                                         space=s.space)
+            if placed:
+                say(f"  warm start: the first {len(placed)} queued trial(s) run the best parameters of "
+                    f"{', '.join(request.warm_start)}")
     s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed),
                                   record.make_pruner(s.space), s.seed, experiment_id, parent)
     s.study = study
@@ -377,11 +391,17 @@ def _result(s: _Search, best: Any) -> SearchResult:
 
 def _print_summary(s: _Search, best: Any, say: Say) -> None:
     from automl.record import counts
+    from automl.stopping import stop_reason
 
     study = s.handle.load()
     totals = counts(study)
     queued = f", {totals['WAITING']} still queued" if totals["WAITING"] else ""
-    say(f"study {s.name}: {totals['COMPLETE']} complete, {totals['PRUNED']} pruned, {totals['FAIL']} failed{queued}")
+    not_run = f", {totals['NOT_RUN']} not run" if totals["NOT_RUN"] else ""
+    say(f"study {s.name}: {totals['COMPLETE']} complete, {totals['PRUNED']} pruned, {totals['FAIL']} failed"
+        f"{not_run}{queued}")
+    reason = stop_reason(study)
+    if reason:
+        say(f"  stopped early: {reason}")
     if totals["COMPLETE"]:
         trial = study.best_trial
         line = f"best trial {trial.number}: {s.space.metric}={trial.value:.4f}"

@@ -119,6 +119,10 @@ def _search_parser(sub: Any) -> None:
                         help="the Optuna sampler, instead of the space's (a new study only)")
     search.add_argument("--pruner", choices=list(PRUNERS),
                         help="the Optuna pruner, instead of the space's (a new study only)")
+    search.add_argument("--warm-start", action="append", metavar="STUDY",
+                        help="run the best parameter sets of this earlier study (same storage) first; repeatable")
+    search.add_argument("--warm-start-k", type=_positive_int, default=3, metavar="K",
+                        help="how many parameter sets --warm-start takes in all")
     _store_flags(search)
     _worker_flags(search)
     search.set_defaults(func=cmd_search)
@@ -231,7 +235,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         download=args.download, workers=args.workers, workers_per_gpu=args.workers_per_gpu,
         launcher=args.launcher, resume=args.resume, sampler=args.sampler, pruner=args.pruner,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-        retry_failed=args.retry_failed, threads=args.threads, quiet=args.quiet)
+        retry_failed=args.retry_failed, threads=args.threads, quiet=args.quiet,
+        warm_start=args.warm_start, warm_start_k=args.warm_start_k)
     api.run_search(request)
     return 0
 

@@ -21,6 +21,7 @@ from automl.errors import FatalError, TrialFailed
 from automl.keys import FINAL_METRICS, N_PARAMETERS
 from automl.model import build_model, count_parameters
 from automl.space import SearchSpace, suggest
+from automl.stopping import check_constraints
 from automl.tracking import NullTrialRun, TrialRun
 from automl.train import NonFiniteLoss, fit
 
@@ -101,6 +102,10 @@ class Objective:
             n_parameters = count_parameters(model)
             trial.set_user_attr(N_PARAMETERS, n_parameters)
             run.log_params({"n_parameters": n_parameters})
+            if space.max_parameters is not None or space.max_latency_ms is not None:
+                # budgets checked before training: a network that breaks one is pruned untrained
+                run.log_metrics(check_constraints(trial, space, model, n_parameters, data.val.x,
+                                                  train_config.amp))
             result = fit(model, data, train_config, on_epoch_end)
         except (optuna.TrialPruned, FatalError):
             raise

@@ -33,6 +33,7 @@ from automl.keys import (
 )
 from automl.registries import PRUNERS, SAMPLERS, resolve
 from automl.space import SearchSpace, parse_space
+from automl.stopping import NOT_RUN
 from automl.tracking import Tracker
 
 
@@ -191,8 +192,10 @@ def top_up_budget(study: optuna.Study, n_trials: int) -> int:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials per state name."""
+    """Trials per state name; NOT_RUN counts queued trials closed by a stop rule (not failures)."""
     result = {s.name: 0 for s in TrialState}
+    result["NOT_RUN"] = 0
     for t in study.get_trials(deepcopy=False):
-        result[t.state.name] += 1
+        key = "NOT_RUN" if t.state == TrialState.FAIL and NOT_RUN in t.user_attrs else t.state.name
+        result[key] += 1
     return result

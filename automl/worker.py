@@ -21,6 +21,7 @@ from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, WORKER
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle
 from automl.signals import SignalHold
+from automl.stopping import STOP_REASON_TAG, should_stop, stop_search
 from automl.tracking import REASON_TAG, STATE_TAG, Tracker, TrackingError, TrialRun, run_status_for
 
 # --- sweeping up after dead workers ----------------------------------------------------------------
@@ -229,6 +230,33 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) 
     return TrialOutcome(trial.number, state, value, seconds, reason, best)
 
 
+def stop_if_done(handle: StudyHandle, tracker: Tracker) -> str | None:
+    """After a trial: when a stopping rule of the space fires (`budget.goal`, `budget.patience`),
+    close the queue (the trials not run are marked FAIL with `not_run`), tag the study run with
+    the reason and return it."""
+    space = handle.space
+    if space.goal is None and space.patience is None:
+        return None
+    study = handle.load()
+    reason = should_stop(study, space)
+    if reason is None:
+        return None
+    signals = SignalHold()
+    signals.hold()  # the queue is closed and the stop recorded together
+    try:
+        try:
+            stop_search(study, handle.storage, reason)
+        except STORAGE_ERRORS as e:
+            raise FatalError(f"Optuna storage failed while stopping the search: {e}") from e
+        try:
+            tracker.client.set_tag(handle.parent_run_id, STOP_REASON_TAG, reason[:5000])
+        except Exception as e:
+            raise TrackingError(f"MLflow failed while tagging the study run: {e}") from e
+    finally:
+        signals.release()
+    return reason
+
+
 def run_worker(
     handle: StudyHandle,
     objective: Objective,
@@ -237,7 +265,8 @@ def run_worker(
     report: ReportFn | None = None,
     linger: bool = False,
 ) -> int:
-    """Claim and run trials until the pool is empty or `deadline` (monotonic) passes.
+    """Claim and run trials until the pool is empty, a stopping rule fires (`stop_if_done`) or
+    `deadline` (monotonic) passes.
 
     With `linger` (lost trials are retried), an empty pool is not the end while trials still run
     elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
@@ -256,4 +285,6 @@ def run_worker(
         release_memory()
         if report is not None:
             report(outcome)
+        if stop_if_done(handle, tracker) is not None:
+            break  # the queue is closed: workers elsewhere find it empty
     return done

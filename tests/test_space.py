@@ -67,6 +67,13 @@ BAD_SPACES = [
     (_replace("data: {dataset: digits}", "data: {dataset: csv}"), ["data.task", "missing"]),
     (_replace("data: {dataset: digits}", "data: {dataset: wine}").replace("family: mlp", "family: cnn"),
      ["model.family", "image dataset"]),
+    (_replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 3, goal: 97}"),
+     ["budget.goal", "val_accuracy lies in [0.0, 1.0]", "97.0"]),
+    (_replace("budget: {epochs: 2, trials: 3}", "budget: {epochs: 2, trials: 3, patience: -2}"),
+     ["budget.patience", "an integer >= 1"]),
+    (TINY_SPACE + "constraints: {max_parameters: 1.5e0}\n", ["constraints.max_parameters", "a whole number >= 1"]),
+    (TINY_SPACE + "constraints: {max_latency_ms: fast}\n", ["constraints.max_latency_ms", "a number > 0"]),
+    (TINY_SPACE + "constraints: [1]\n", ["constraints", "expected a mapping"]),
 ]
 
 
@@ -149,6 +156,16 @@ def test_minimal_space_gets_documented_defaults() -> None:
     assert space.model["depth"].fixed == 2 and space.model["width"].fixed == 128
     model, train = suggest(optuna.trial.FixedTrial({}), space, (1, 8, 8), 10)
     assert model.widths == (128, 128) and train.optimizer == "adam" and train.epochs == 10
+
+
+def test_budget_rules_and_constraints_default_to_none() -> None:
+    space = Space.from_yaml(MINIMAL)
+    assert (space.goal, space.patience, space.max_parameters, space.max_latency_ms) == (None, None, None, None)
+    assert "constraints" not in space.to_dict()  # the digest of spaces written before the section existed
+    text = MINIMAL + "budget: {goal: 0.97, patience: 5}\nconstraints: {max_parameters: 1e6, max_latency_ms: 2}\n"
+    space = Space.from_yaml(text)
+    assert (space.goal, space.patience, space.max_parameters, space.max_latency_ms) == (0.97, 5, 1_000_000, 2.0)
+    assert Space.from_yaml(space.to_yaml()).digest == space.digest
 
 
 def test_regression_defaults_follow_the_task() -> None:

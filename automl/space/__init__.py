@@ -1,7 +1,7 @@
 """Search spaces: YAML or a dict -> a validated `Space` -> `suggest(trial, space, ...)` -> plain configs.
 
-A space has the sections data, objective, budget, sampler, pruner, model, loss, optimizer and
-training (one pydantic model each, `automl.space.schema`). Only `data.dataset` and `model.family`
+A space has the sections data, objective, budget, constraints, sampler, pruner, model, loss,
+optimizer and training (one pydantic model each, `automl.space.schema`). Only `data.dataset` and `model.family`
 (or `model.builder`, a user network) are required:
 
     data: {dataset: digits}
@@ -17,7 +17,8 @@ Defaults (a missing key or section):
     data         validation_fraction 0.15, test_fraction 0.15, augment false;
                  image_folder: image_size 32 (or [h, w]), color rgb; npz: task classification
     objective    metric val_accuracy (classification) / val_rmse (regression); direction: the metric's
-    budget       epochs 10, trials 20, no timeout
+    budget       epochs 10, trials 20, no timeout, no goal, no patience (automl.stopping)
+    constraints  none (max_parameters, max_latency_ms: checked before a trial trains)
     sampler      tpe (no options)
     pruner       median with n_warmup_steps 2 (a pruner named without options: its registry defaults)
     model        mlp/cnn: depth 2, width 128, activation relu, dropout 0, batch_norm false,

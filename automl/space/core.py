@@ -79,6 +79,8 @@ def _normalise(document: Document) -> dict[str, Any]:
     """The canonical content: every default filled in, JSON values only, data paths absolute; keys
     that do not apply (another family's, an optimizer or loss not among the choices) left out."""
     doc = json.loads(json.dumps(document.model_dump(exclude_none=True)))
+    if not doc.get("constraints"):  # no constraints: the digest of spaces written before they existed
+        doc.pop("constraints", None)
     model = doc["model"]
     if document.model.family is None:
         doc["model"] = {"builder": model["builder"], "params": model["params"]}
@@ -112,6 +114,9 @@ class Space:
         self.image_size: tuple[int, int] | None = tuple(data.image_size) if data.image_size else None  # type: ignore
         self.metric, self.direction = d.objective.metric, d.objective.direction
         self.epochs, self.trials, self.timeout = d.budget.epochs, d.budget.trials, d.budget.timeout
+        self.goal, self.patience = d.budget.goal, d.budget.patience
+        self.max_parameters = d.constraints.max_parameters
+        self.max_latency_ms = d.constraints.max_latency_ms
         self.sampler, self.sampler_options = d.sampler.name, dict(d.sampler.options or {})
         self.pruner, self.pruner_options = d.pruner.name, dict(d.pruner.options or {})
         self.family: str = m.family or reg.BUILDER_FAMILY

@@ -9,6 +9,7 @@ Validators raise `Problem`s; `automl.space.core` turns the first one into a `Spa
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,10 +119,47 @@ class ObjectiveSection(Section):
     direction: Annotated[str | None, one_of(["maximize", "minimize"]).or_none()] = None
 
 
+NUMBER = Rule("float", lambda v: True, "a number")
+# the values each metric can take, for checking budget.goal: (low, high), None for no bound
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "val_accuracy": (0.0, 1.0), "val_r2": (None, 1.0),
+    "val_loss": (0.0, None), "val_rmse": (0.0, None), "val_mae": (0.0, None),
+}
+
+
 class BudgetSection(Section):
     epochs: Annotated[int, POSITIVE_INT] = 10
     trials: Annotated[int, POSITIVE_INT] = 20
     timeout: Annotated[float | None, POSITIVE_FLOAT.or_none()] = None
+    goal: Annotated[float | None, NUMBER.or_none()] = None  # stop once the objective metric reaches it
+    patience: Annotated[int | None, POSITIVE_INT.or_none()] = None  # stop after N trials without a new best
+
+
+class _Count:
+    """Pydantic annotation: a whole number >= 1, also written as a float (`1e6`, `2.5e5`) -> int."""
+
+    expected = "a whole number >= 1 (e.g. 1000000 or 1.0e6)"
+
+    @classmethod
+    def validate(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value < 1 or value != int(value)):
+            raise Problem(f"expected {cls.expected}, got {show(value)}")
+        return int(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(cls.validate)
+
+
+class ConstraintsSection(Section):
+    """Budgets a network must meet, checked once it is built and before it trains; a trial that
+    breaks one is pruned at once and the sampler learns that its region is infeasible."""
+
+    max_parameters: Annotated[int | None, _Count] = None
+    max_latency_ms: Annotated[float | None, POSITIVE_FLOAT.or_none()] = None  # one evaluation batch
 
 
 def _check_options(registry: dict[str, reg.AlgorithmInfo], name: str, options: dict) -> None:
@@ -249,6 +287,7 @@ class Document(Section):
     data: DataSection
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    constraints: ConstraintsSection = Field(default_factory=ConstraintsSection)
     sampler: SamplerSection = Field(default_factory=lambda: SamplerSection.model_validate({}))
     pruner: PrunerSection = Field(default_factory=lambda: PrunerSection.model_validate({}))
     model: ModelSection
@@ -288,6 +327,11 @@ class Document(Section):
             raise Problem(f"{objective.metric} is to {direction}, not to {objective.direction}",
                           "objective", "direction")
         objective.direction = direction
+        goal = self.budget.goal
+        low, high = METRIC_RANGES.get(objective.metric, (None, None))
+        if goal is not None and ((low is not None and goal < low) or (high is not None and goal > high)):
+            span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise Problem(f"{objective.metric} lies in {span}, got {show(goal)}", "budget", "goal")
 
     def _losses(self) -> None:
         loss = self.loss
