@@ -49,7 +49,9 @@ WEIGHTS_DIR = "weights"  # a trial's candidate best weights, on its child run
 BEST_DIR = "best_model"  # the study's best weights and configs, on the parent run
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0  # per-epoch metrics reach the store at most this late while a trial runs
-MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limits: 1000 entries in all,
+MAX_PARAMS_PER_CALL = 100  # of which at most 100 params
+MAX_TAGS_PER_CALL = 100  # and 100 tags
 # the MLflow UI opens such experiments in its "Model training" view (runs, metrics), not GenAI's
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -89,19 +91,26 @@ def _now_ms() -> int:
 
 
 class TrialRun:
-    """The child run of one trial, open while the trial trains."""
+    """The child run of one trial, open while the trial trains.
+
+    Its parameters and metrics are buffered and written together: one batched call at most every
+    FLUSH_SECONDS while the trial trains, and one at its end that also carries the final tags. A
+    short trial thus costs three store writes (create, one batch, close) instead of one per call.
+    """
 
     def __init__(self, tracker: Tracker, run_id: str) -> None:
         self.tracker = tracker
         self.uri = tracker.uri
         self.run_id = run_id
         self._pending: list[Future[None]] = []
+        self._params: list[Param] = []
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
 
-    @_fatal("log trial parameters")
     def log_params(self, params: dict[str, Any]) -> None:
-        self.tracker.client.log_batch(self.run_id, params=_params(params))
+        """Record the trial's parameters; they reach the store with the next batch of metrics
+        (the first epoch's, when it ends FLUSH_SECONDS or more after the run opened)."""
+        self._params.extend(_params(params))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Record one epoch's metrics (with `step=epoch`). They are sent in one batched call at
@@ -115,22 +124,31 @@ class TrialRun:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self._flush()
 
-    def _flush(self) -> None:
-        batch, self._buffer = self._buffer, []
+    def _take(self) -> tuple[list[Param], list[Metric]]:
+        params, metrics = self._params, self._buffer
+        self._params, self._buffer = [], []
         self._last_flush = time.monotonic()
-        if not batch:
+        return params, metrics
+
+    def _flush(self) -> None:
+        params, metrics = self._take()
+        if not params and not metrics:
             return
         if self.tracker.background is None:
-            self._send(batch)
+            self._send(params, metrics)
         else:
-            self._pending.append(self.tracker.background.submit(self._send, batch))
+            self._pending.append(self.tracker.background.submit(self._send, params, metrics))
 
-    @_fatal("log epoch metrics")
-    def _send(self, batch: list[Metric]) -> None:
-        for start in range(0, len(batch), MAX_METRICS_PER_CALL):
-            self.tracker.client.log_batch(self.run_id, metrics=batch[start:start + MAX_METRICS_PER_CALL])
+    @_fatal("log the trial's parameters and metrics")
+    def _send(self, params: list[Param], metrics: list[Metric], tags: list[RunTag] | None = None) -> None:
+        """One `log_batch` call, or more where MLflow's per-call limits require."""
+        tags = tags or []
+        while params or metrics or tags:
+            p, t = params[:MAX_PARAMS_PER_CALL], tags[:MAX_TAGS_PER_CALL]
+            m = metrics[:MAX_METRICS_PER_CALL - len(p) - len(t)]
+            self.tracker.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
+            params, metrics, tags = params[len(p):], metrics[len(m):], tags[len(t):]
 
-    @_fatal("log trial metrics")
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Summary metrics of the trial (no step), e.g. `best_val_accuracy`, `best_epoch`."""
         if metrics:
@@ -143,14 +161,19 @@ class TrialRun:
 
     @_fatal("close the trial run")
     def end(self, status: str, tags: dict[str, str]) -> None:
-        """Send and wait for the buffered metrics, then set the final tags and the run status."""
+        """Wait for the batches in flight, send what is buffered together with the final tags, then
+        set the run status. The run is closed with its tags even when its last records could not
+        be sent (and that failure is raised)."""
+        final_tags = [RunTag(k, v) for k, v in tags.items()]
         try:
-            self._flush()
             pending, self._pending = self._pending, []
             for operation in pending:
                 operation.result()
-        finally:  # the run is closed even when its last metrics could not be sent
-            self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self._send(*self._take(), final_tags)
+            final_tags = []
+        finally:
+            if final_tags:
+                self.tracker.client.log_batch(self.run_id, tags=final_tags)
             self.tracker.client.set_terminated(self.run_id, status)
 
 
@@ -370,7 +393,7 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             if weights is None:
                 weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
-            with self._fluent_uris():
+            with self._fluent_uris(), _no_requirement_check():
                 model_uri, model_format = log_served_model(run_id, model, weights, example)
         self.client.set_tag(run_id, FORMAT_KEY, model_format)
         with self._fluent_uris():
@@ -420,6 +443,22 @@ class Tracker:
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
             max_results=50000,
         )
+
+
+@contextlib.contextmanager
+def _no_requirement_check() -> Iterator[None]:
+    """Skip MLflow's check that the running environment satisfies the model's requirements while
+    the model is saved: they are this environment's own versions, and the check maps every module
+    of every installed package first (`importlib.metadata.packages_distributions`: 1 to 4 s in a
+    large environment, the largest part of the end of a small search)."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
 
 
 def run_status_for(state: str) -> str:
