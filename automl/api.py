@@ -17,6 +17,7 @@ from typing import Any
 
 from automl import checks, keys
 from automl.errors import FatalError, UsageError
+from automl.requests import SearchRequest, WorkerRequest
 
 Say = Callable[[str], None]
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "digits_mlp.yaml"
@@ -24,56 +25,6 @@ DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "digi
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-@dataclass
-class SearchRequest:
-    """Everything a search needs; the command line's flags map one to one onto these fields."""
-
-    space: Any  # a path, YAML text, a dict or an automl.Space
-    trials: int | None = None
-    timeout: float | None = None
-    study: str | None = None
-    seed: int | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    device: str = "auto"
-    data_dir: str = "data"
-    download: bool = False
-    workers: int | None = None
-    workers_per_gpu: int = 1
-    launcher: str = "local"
-    resume: bool = False
-    sampler: str | None = None
-    pruner: str | None = None
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    retry_failed: int = 0
-    threads: int | None = None
-    quiet: bool = False
-    data: Any = None  # data given from Python: (X, y), (DataFrame, "target") or a torch Dataset
-    model: Any = None  # a builder given from Python: an nn.Module class or a function
-    warm_start: list[str] | None = None  # earlier studies whose best parameter sets run first
-    warm_start_k: int = 3
-
-
-@dataclass
-class WorkerRequest:
-    """A worker joining an existing study (`automl worker`)."""
-
-    study: str
-    storage: str | None = None
-    tracking_uri: str | None = None
-    device: str = "auto"
-    data_dir: str = "data"
-    download: bool = False
-    timeout: float | None = None
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    retry_failed: int = 0
-    threads: int | None = None
-    quiet: bool = False
-    worker_index: int = 0
 
 
 @dataclass
@@ -174,6 +125,7 @@ class _Search:
     workers: int
     seed: int
     data: Any = None
+    timeout: float | None = None  # no new trial starts after this many seconds
     storage: Any = None
     tracker: Any = None
     handle: Any = None
@@ -220,7 +172,22 @@ def _prepare(request: SearchRequest) -> _Search:
 
         check_space_builder(space, data.input_shape, data.n_outputs, seed)
     tracking_uri = checks.tracking_uri(request.tracking_uri)
-    return _Search(request, space, name, storage_url, tracking_uri, device, gpus, workers, seed, data)
+    return _Search(request, space, name, storage_url, tracking_uri, device, gpus, workers, seed, data,
+                   request.timeout or space.timeout)
+
+
+def _adopt_stored(s: _Search, attrs: dict[str, Any]) -> None:
+    """A resumed study keeps the seed and the tracking store it began with, unless the request
+    names them (a seed other than the study's is refused; another store is refused later)."""
+    request = s.request
+    if request.tracking_uri is None:
+        s.tracking_uri = checks.tracking_uri(None, attrs.get(keys.TRACKING_URI))
+    stored_seed = attrs.get(keys.SEED, s.seed)
+    if stored_seed != s.seed:
+        if request.seed is not None:
+            raise UsageError(f"--seed: study {s.name!r} was created with seed {stored_seed}, not {s.seed}")
+        s.seed = stored_seed
+        s.data = _load_data(s.space, s.seed, request.data_dir, request.download, request.data)
 
 
 def _open_study(s: _Search, say: Say) -> int:
@@ -233,36 +200,29 @@ def _open_study(s: _Search, say: Say) -> int:
 
     request = s.request
     s.storage = storage.open_storage(s.storage_url, request.heartbeat_interval, request.grace_period,
-                                     close_stale_run(s.tracking_uri, request.retry_failed))
-    exists = s.name in optuna.study.get_all_study_names(s.storage)
-    if request.resume and not exists:
+                                     close_stale_run(request.tracking_uri, request.retry_failed))
+    names = optuna.study.get_all_study_names(s.storage)
+    if request.resume and s.name not in names:
         raise UsageError(f"--resume: no study named {s.name!r} in {checks.mask_url(s.storage_url)}")
-    if exists and request.tracking_uri is None and not checks.tracking_env():
-        stored = record.stored_tracking_uri(s.storage, s.name)
-        s.tracking_uri = checks.tracking_uri(None, stored)
     for source in request.warm_start or []:
-        if source not in optuna.study.get_all_study_names(s.storage):
+        if source not in names:
             raise UsageError(f"--warm-start: no study named {source!r} in {checks.mask_url(s.storage_url)}")
+    if s.name in names:
+        _adopt_stored(s, record.stored_attrs(s.storage, s.name))
     s.tracker = Tracker(s.tracking_uri)
     with storage.budget_lock(s.storage_url, s.name):
         identity = s.data.identity()
         study, created = record.create_or_load(s.name, s.storage, s.space, s.seed, identity)
         s.space = record.keep_algorithms(study, s.space, request.sampler, request.pruner)
-        stored_seed = study.user_attrs.get(keys.SEED, s.seed)
-        if stored_seed != s.seed:
-            if request.seed is not None:
-                raise UsageError(f"--seed: study {s.name!r} was created with seed {stored_seed}, not {s.seed}")
-            s.seed = stored_seed
-            s.data = _load_data(s.space, s.seed, request.data_dir, request.download, request.data)
         record.check_tracking(study, s.tracker)
         experiment_id, parent = record.attach_tracking(study, s.tracker, _study_params(s), identity, say)
         n_trials = request.trials or s.space.trials
         queued = record.top_up_budget(study, n_trials)
-        if queued and stopping.STOP_REASON_TAG in s.tracker.tags(parent):  # a larger budget goes on
-            s.tracker.client.delete_tag(parent, stopping.STOP_REASON_TAG)
+        if queued and keys.STOP_REASON_TAG in s.tracker.tags(parent):  # a larger budget goes on
+            s.tracker.delete_tag(parent, keys.STOP_REASON_TAG)
         if request.warm_start:
-            placed = stopping.warm_start(study, s.storage, list(request.warm_start), k=request.warm_start_k,
-                                         space=s.space)
+            placed = stopping.warm_start(study, s.storage, list(request.warm_start), s.space,
+                                         k=request.warm_start_k)
             if placed:
                 say(f"  warm start: the first {len(placed)} queued trial(s) run the best parameters of "
                     f"{', '.join(request.warm_start)}")
@@ -287,27 +247,26 @@ def _study_params(s: _Search) -> dict[str, Any]:
 
 def _run_trials(s: _Search, progress: Any, deadline: float | None) -> None:
     """Run the trials here, in worker processes or Ray tasks, and wait for workers elsewhere."""
-    from automl import launch
+    from automl import launch, worker
     from automl.objective import Objective
-    from automl.worker import run_worker, sweep
 
     request = s.request
-    swept = sweep(s.study, s.storage, s.tracker, s.handle.parent_run_id, s.handle.experiment_id)
+    swept = worker.sweep(s.study, s.storage, s.tracker, s.handle.parent_run_id, s.handle.experiment_id)
     if swept and not request.quiet:
         _print(f"  {swept} trial(s) left running by a dead worker marked failed")
     s.tracker.set_status(s.handle.parent_run_id, "RUNNING")
-    timeout = request.timeout or s.space.timeout
-    plan = launch.WorkerPlan(
-        s.name, checks.absolute_sqlite(s.storage_url), checks.absolute_sqlite(s.tracking_uri),
-        str(Path(request.data_dir).resolve()), request.device, request.heartbeat_interval,
-        request.grace_period, request.retry_failed, timeout, request.quiet)
+    plan = WorkerRequest(
+        s.name, checks.absolute_sqlite(s.storage_url), checks.absolute_sqlite(s.tracking_uri), request.device,
+        str(Path(request.data_dir).resolve()), False, s.timeout, request.heartbeat_interval,
+        request.grace_period, request.retry_failed, request.threads, request.quiet)
     if request.launcher == "ray":
-        launch.run_ray_workers(plan, s.workers, request.threads)
+        launch.run_ray_workers(run_worker, plan, s.workers)
     elif s.workers == 1 and len(s.gpus) <= 1:
         objective = Objective(s.space, s.data.to(s.device), s.seed)
-        run_worker(s.handle, objective, s.tracker, deadline, progress.trial, linger=request.retry_failed > 0)
+        worker.run_worker(s.handle, objective, s.tracker, deadline, progress.trial,
+                          linger=request.retry_failed > 0)
     elif s.workers > 0:
-        launch.run_local_workers(plan, s.workers, request.threads, s.gpus, s.handle, progress)
+        launch.run_local_workers(plan, s.workers, s.gpus, s.handle, progress)
     launch.wait_for_other_workers(s.handle, progress, deadline, include_queued=s.workers == 0)
 
 
@@ -327,8 +286,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     s = _prepare(request)
     _setup_threads(request.threads)
     _open_study(s, say)
-    timeout = request.timeout or s.space.timeout
-    deadline = time.monotonic() + timeout if timeout else None
+    deadline = time.monotonic() + s.timeout if s.timeout else None
     in_study = len(s.study.get_trials(deepcopy=False))
     progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
     stop: BaseException | None = None
@@ -347,8 +305,8 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             try:
                 with storage.budget_lock(s.storage_url, s.name):
                     best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None)
-                _print_summary(s, best, say)
                 result = _result(s, best)
+                _print_summary(s, result, best, say)
             except KeyboardInterrupt as e:
                 stop, status = stop or e, "KILLED"
             except FatalError as e:
@@ -378,6 +336,7 @@ def _closing_errors(stop: BaseException | None) -> Iterator[None]:
 
 
 def _result(s: _Search, best: Any) -> SearchResult:
+    """What the search found (the study loaded afresh, with its counts)."""
     from automl.record import counts
 
     study = s.handle.load()
@@ -389,12 +348,10 @@ def _result(s: _Search, best: Any) -> SearchResult:
                         checks.mask_url(s.storage_url), counts(study))
 
 
-def _print_summary(s: _Search, best: Any, say: Say) -> None:
-    from automl.record import counts
+def _print_summary(s: _Search, result: SearchResult, best: Any, say: Say) -> None:
     from automl.stopping import stop_reason
 
-    study = s.handle.load()
-    totals = counts(study)
+    study, totals = result.study, result.counts
     queued = f", {totals['WAITING']} still queued" if totals["WAITING"] else ""
     not_run = f", {totals['NOT_RUN']} not run" if totals["NOT_RUN"] else ""
     say(f"study {s.name}: {totals['COMPLETE']} complete, {totals['PRUNED']} pruned, {totals['FAIL']} failed"
@@ -442,7 +399,7 @@ def run_worker(request: WorkerRequest) -> int:
     seed = int(attrs.get(keys.SEED, 0))
     data = _load_data(space, seed, request.data_dir, request.download)
     opened = storage.open_storage(storage_url, request.heartbeat_interval, request.grace_period,
-                                  close_stale_run(tracking_uri, request.retry_failed))
+                                  close_stale_run(request.tracking_uri, request.retry_failed))
     handle = record.StudyHandle(name, opened, space,
                                 record.make_sampler(space, seed + 7919 * (request.worker_index + 1)),
                                 record.make_pruner(space), seed, attrs[keys.EXPERIMENT_ID],

@@ -67,23 +67,28 @@ def _check_sqlite_file(flag: str, url: str, database: str) -> None:
         raise UsageError(f"{flag}: cannot create {path}: folder {folder} is not writable")
 
 
-def absolute_sqlite(url: str) -> str:
-    """sqlite:///relative.db as an absolute path, so workers in other folders find the same file."""
+def sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite URL; None for other (or malformed) URLs and in-memory SQLite."""
     import sqlalchemy
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        return url
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return url
-    return parsed.set(database=str(Path(parsed.database).expanduser().resolve())).render_as_string(
-        hide_password=False)
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return str(parsed.database)
+    return None
 
 
-def tracking_env() -> bool:
-    """Whether the tracking URI is given through the environment."""
-    return bool(os.environ.get(TRACKING_ENV))
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///relative.db as an absolute path, so workers in other folders find the same file."""
+    import sqlalchemy
+
+    database = sqlite_file(url)
+    if database is None:
+        return url
+    parsed = sqlalchemy.engine.make_url(url)
+    return parsed.set(database=str(Path(database).expanduser().resolve())).render_as_string(hide_password=False)
 
 
 def check_study_name(name: str) -> str:
@@ -108,13 +113,15 @@ def check_storage_url(url: str) -> str:
     if backend not in ("sqlite", "postgresql", "mysql"):
         raise UsageError(f"--storage: unsupported database {backend!r} in {mask_url(url)!r} "
                          "(expected sqlite, postgresql or mysql)")
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
-        _check_sqlite_file("--storage", url, parsed.database)
+    database = sqlite_file(url)
+    if database is not None:
+        _check_sqlite_file("--storage", url, database)
     return url
 
 
 def check_tracking_uri(uri: str) -> str:
-    """A tracking URI MLflow understands: a database URL, http(s)://, or file:/path."""
+    """A tracking URI this tool can record in: a database URL or an http(s):// server (MLflow 3's
+    file store is refused)."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
     if scheme in ("http", "https"):
         if not re.match(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$", uri):
@@ -129,11 +136,12 @@ def check_tracking_uri(uri: str) -> str:
         import sqlalchemy
 
         try:
-            parsed = sqlalchemy.engine.make_url(uri)
+            sqlalchemy.engine.make_url(uri)
         except (sqlalchemy.exc.ArgumentError, ValueError):
             raise UsageError(f"--tracking-uri: malformed database URL {mask_url(uri)!r}") from None
-        if scheme == "sqlite" and parsed.database and parsed.database != ":memory:":
-            _check_sqlite_file("--tracking-uri", uri, parsed.database)
+        database = sqlite_file(uri)
+        if database is not None:
+            _check_sqlite_file("--tracking-uri", uri, database)
         return uri
     raise UsageError(f"--tracking-uri: unsupported URI {mask_url(uri)!r} (expected sqlite:///mlflow.db, "
                      "http://host:port or postgresql://...)")

@@ -278,14 +278,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from automl.report import format_table, select
 
     _check_output(args.csv, "--csv")
-    table = queries.report(args.study, args.storage)
+    table, metric = queries.report(args.study, args.storage)
     if args.csv:
         table.to_csv(args.csv, index=False)
-    shown = select(table, args.top, args.columns, args.all_columns or args.json)
+    shown = select(table, metric, args.top, args.columns, args.all_columns or args.json)
     if args.json:
         print(_records_json(shown))
     else:
-        print(format_table(shown, queries.study_metric(args.study, args.storage)))
+        print(format_table(shown, metric))
     return 0
 
 

@@ -12,62 +12,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from automl.checks import STORAGE_ENV, TRACKING_ENV
 from automl.errors import FatalError, Terminated, UsageError
 from automl.keys import FAIL_REASON, PRUNED_REASON, SECONDS
 from automl.progress import Progress
 from automl.record import StudyHandle
+from automl.requests import WorkerRequest
 from automl.worker import TrialOutcome
 
 POLL_SECONDS = 1.0
-
-
-@dataclass
-class WorkerPlan:
-    """What every worker of a search is told (URLs must make sense on the worker's machine)."""
-
-    study: str
-    storage_url: str
-    tracking_uri: str
-    data_dir: str
-    device: str
-    heartbeat_interval: int
-    grace_period: int
-    retry_failed: int
-    timeout: float | None
-    quiet: bool
-
-    def argv(self, index: int, threads: int | None) -> list[str]:
-        """The `automl worker` command line (URLs go by `env`)."""
-        args = ["worker", "--study", self.study, "--data-dir", self.data_dir, "--device", self.device,
-                "--worker-index", str(index), "--heartbeat-interval", str(self.heartbeat_interval),
-                "--grace-period", str(self.grace_period), "--retry-failed", str(self.retry_failed)]
-        if threads:
-            args += ["--threads", str(threads)]
-        if self.timeout:
-            args += ["--timeout", str(self.timeout)]
-        if self.quiet:
-            args.append("--quiet")
-        return args
-
-    def env(self) -> dict[str, str]:
-        """The URLs, with their passwords, for a worker's environment."""
-        return {STORAGE_ENV: self.storage_url, TRACKING_ENV: self.tracking_uri}
-
-    def request(self, index: int, threads: int | None) -> Any:
-        """The worker request of worker `index` (for workers started in-process, e.g. Ray tasks)."""
-        from automl.api import WorkerRequest
-
-        return WorkerRequest(self.study, self.storage_url, self.tracking_uri, self.device, self.data_dir,
-                             False, self.timeout, self.heartbeat_interval, self.grace_period,
-                             self.retry_failed, threads, self.quiet, index)
 
 
 def visible_gpus() -> list[str]:
@@ -93,19 +52,20 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_local_workers(plan: WorkerPlan, workers: int, threads: int | None, gpus: list[str],
-                      handle: StudyHandle, progress: Progress) -> None:
-    """`workers` worker processes on this machine, each pinned to one GPU (round robin) when there
-    are GPUs; forwards Ctrl-C and SIGTERM to them and waits for them all."""
-    threads = threads or (None if gpus else max(1, (os.cpu_count() or 1) // workers))
+def run_local_workers(plan: WorkerRequest, workers: int, gpus: list[str], handle: StudyHandle,
+                      progress: Progress) -> None:
+    """`workers` worker processes on this machine (`plan` with worker indexes 0..workers-1), each
+    pinned to one GPU (round robin) when there are GPUs; forwards Ctrl-C and SIGTERM to them and
+    waits for them all."""
+    threads = plan.threads or (None if gpus else max(1, (os.cpu_count() or 1) // workers))
+    # on a terminal this process draws the one progress bar; the workers stay quiet
+    quiet = plan.quiet or progress.bar is not None
     processes = []
     for index in range(workers):
         env = {**os.environ, **plan.env()}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-        # on a terminal this process draws the one progress bar; the workers stay quiet
-        quiet = plan.quiet or progress.bar is not None
-        argv = WorkerPlan(**{**plan.__dict__, "quiet": quiet}).argv(index, threads)
+        argv = replace(plan, worker_index=index, threads=threads, quiet=quiet).argv()
         # own session: a terminal's Ctrl-C reaches this process only, which forwards it once
         processes.append(subprocess.Popen([sys.executable, "-m", "automl", *argv], env=env,
                                           start_new_session=True))
@@ -127,9 +87,10 @@ def run_local_workers(plan: WorkerPlan, workers: int, threads: int | None, gpus:
         raise FatalError(f"{len(failed)} worker process(es) failed (exit codes {failed})")
 
 
-def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None:
-    """`workers` Ray tasks, one GPU each where the cluster has GPUs, on the cluster RAY_ADDRESS
-    names (or a local Ray instance started here)."""
+def run_ray_workers(run: Callable[[WorkerRequest], Any], plan: WorkerRequest, workers: int) -> None:
+    """`workers` Ray tasks, each calling `run` (the worker use case) with `plan` and its worker index,
+    one GPU each where the cluster has GPUs, on the cluster RAY_ADDRESS names (or a local Ray
+    instance started here)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every worker's trial lines, not a digest
     try:
         import ray
@@ -140,9 +101,9 @@ def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None
         ray.init(include_dashboard=False, log_to_driver=not plan.quiet)
     try:
         gpus_per_task = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(_ray_worker).options(num_gpus=gpus_per_task, num_cpus=threads or 1,
+        task = ray.remote(_ray_worker).options(num_gpus=gpus_per_task, num_cpus=plan.threads or 1,
                                                max_retries=0)
-        futures = [task.remote(plan.request(index, threads)) for index in range(workers)]
+        futures = [task.remote(run, replace(plan, worker_index=index)) for index in range(workers)]
         try:
             codes = ray.get(futures)
         except KeyboardInterrupt:
@@ -157,13 +118,12 @@ def run_ray_workers(plan: WorkerPlan, workers: int, threads: int | None) -> None
         raise FatalError(f"{len(failed)} Ray worker task(s) failed (exit codes {failed})")
 
 
-def _ray_worker(request: Any) -> int:
-    """One worker inside a Ray task (Ray sets CUDA_VISIBLE_DEVICES to the task's GPU)."""
-    from automl.api import run_worker
+def _ray_worker(run: Callable[[WorkerRequest], Any], request: WorkerRequest) -> int:
+    """One worker inside a Ray task (Ray sets CUDA_VISIBLE_DEVICES to the task's GPU); its exit code."""
     from automl.errors import AutomlError
 
     try:
-        run_worker(request)
+        run(request)
     except AutomlError as e:
         print(f"automl: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1

@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import sqlalchemy
 from filelock import FileLock
+
+from automl.checks import sqlite_file
 
 SQLITE_TIMEOUT_S = 120
 
@@ -24,22 +25,11 @@ def lock_path(database: str, purpose: str) -> str:
     return str(folder / f"{key}.{purpose}.lock")
 
 
-def sqlite_database(url: str) -> str | None:
-    """The file of an SQLite URL, or None for other databases and in-memory SQLite."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return None
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return parsed.database
-    return None
-
-
 @contextlib.contextmanager
 def creation_lock(url: str) -> Iterator[None]:
     """Serialise opening an SQLite database across processes on this machine: the first one to
     open a new file creates the tables (Optuna's or MLflow's), and two doing it at once collide."""
-    database = sqlite_database(url)
+    database = sqlite_file(url)
     lock: FileLock | None = None
     if database is not None:
         lock = FileLock(lock_path(database, "create"), timeout=SQLITE_TIMEOUT_S)
@@ -56,5 +46,5 @@ def creation_lock(url: str) -> Iterator[None]:
 
 def storage_exists(url: str) -> bool:
     """Whether an SQLite storage file exists (other databases: assumed to)."""
-    database = sqlite_database(url)
+    database = sqlite_file(url)
     return database is None or Path(database).expanduser().is_file()

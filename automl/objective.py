@@ -20,6 +20,7 @@ from automl.data import Dataset
 from automl.errors import FatalError, TrialFailed
 from automl.keys import FINAL_METRICS, N_PARAMETERS
 from automl.model import build_model, count_parameters
+from automl.registries import improves
 from automl.space import SearchSpace, suggest
 from automl.stopping import check_constraints
 from automl.tracking import NullTrialRun, TrialRun
@@ -41,10 +42,6 @@ PRUNING_RULES = {
     "successive_halving": "successive halving: not in the top fraction of its rung",
     "hyperband": "hyperband: not in the top fraction of its bracket's rung",
 }
-
-
-def _improves(value: float, best: float, direction: str) -> bool:
-    return value > best if direction == "maximize" else value < best
 
 
 def _best_metrics(metric: str, best: dict[str, float]) -> dict[str, float]:
@@ -81,7 +78,7 @@ class Objective:
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
             value = metrics[space.metric]
-            if not best or _improves(value, best["value"], space.direction):
+            if not best or improves(value, best["value"], space.direction):
                 best.update(value=value, epoch=epoch)
             try:
                 trial.report(value, epoch)

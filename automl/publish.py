@@ -20,6 +20,7 @@ from automl.errors import FatalError
 from automl.keys import RUN_ID
 from automl.plots import PlotJob
 from automl.record import StudyHandle, counts
+from automl.registries import improves
 from automl.report import trials_table
 from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, WEIGHTS_DIR, Tracker
 from automl.train import evaluate
@@ -38,10 +39,6 @@ class BestModel:
     model: Any = None  # the best network (eval mode, on the CPU)
 
 
-def better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
-
-
 def finalize(
     handle: StudyHandle, tracker: Tracker, data: Dataset, say: Callable[[str], None] = print,
     interrupted: bool = False,
@@ -56,27 +53,24 @@ def finalize(
     totals = counts(study)
     summary_metrics = {f"n_{k.lower()}": float(v) for k, v in totals.items()
                        if k in ("COMPLETE", "PRUNED", "FAIL")}
+    count_tags = {f"automl.n_{k.lower()}": str(totals[k]) for k in ("COMPLETE", "PRUNED", "FAIL")}
     table = trials_table(study)
     finished = totals["COMPLETE"] + totals["PRUNED"] + totals["FAIL"]
     if totals["COMPLETE"] == 0:
-        tracker.log_summary(handle.parent_run_id, {}, summary_metrics, _count_tags(totals), table)
+        tracker.log_summary(handle.parent_run_id, {}, summary_metrics, count_tags, table)
         if finished and not interrupted:
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
     plots = PlotJob(study)  # drawn in a child process while the best model is logged
     try:
-        best = _log_best(handle, tracker, data, study, summary_metrics, table, say)
+        best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
         folder = plots.result()
         if folder is not None:
             tracker.log_folder(handle.parent_run_id, folder, "plots")
         return best
     finally:
         plots.cleanup()
-
-
-def _count_tags(totals: dict[str, int]) -> dict[str, str]:
-    return {f"automl.n_{k.lower()}": str(totals[k]) for k in ("COMPLETE", "PRUNED", "FAIL")}
 
 
 def _evaluate_best(handle: StudyHandle, tracker: Tracker, data: Dataset, best: optuna.trial.FrozenTrial,
@@ -96,7 +90,8 @@ def _evaluate_best(handle: StudyHandle, tracker: Tracker, data: Dataset, best: o
 
 
 def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optuna.Study,
-              summary_metrics: dict[str, float], table: Any, say: Callable[[str], None]) -> BestModel:
+              summary_metrics: dict[str, float], count_tags: dict[str, str], table: Any,
+              say: Callable[[str], None]) -> BestModel:
     """Evaluate the best trial's kept weights on the test split; log, register and crown it."""
     space = handle.space
     best = study.best_trial
@@ -104,7 +99,6 @@ def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optun
     tags = tracker.tags(handle.parent_run_id)
     best_tags = {f"best.{k}": str(v) for k, v in best.params.items()}
     summary_metrics[f"best_{space.metric}"] = float(best.value)
-    count_tags = _count_tags(counts(study))
     with tempfile.TemporaryDirectory() as tmp:
         model, test, weights = _evaluate_best(handle, tracker, data, best, Path(tmp))
         if tags.get(BEST_TRIAL_TAG) == str(best.number):  # already published by an earlier summary
@@ -146,7 +140,7 @@ def _crown(handle: StudyHandle, tracker: Tracker, version: str, test_metric: str
     current = tracker.champion(handle.name)
     crown = True
     if current is not None and str(current.version) != version and test_metric in current.tags:
-        crown = better(score, float(current.tags[test_metric]), handle.space.direction)
+        crown = improves(score, float(current.tags[test_metric]), handle.space.direction)
     if crown:
         tracker.set_champion(handle.name, version)
         say(f"Registered {handle.name} version {version} as @champion ({test_metric}={score:.4f})")

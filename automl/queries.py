@@ -51,31 +51,26 @@ def best_info(study_name: str, storage: str | None = None, tracking_uri: str | N
     }
 
 
-def report(study_name: str, storage: str | None = None) -> Any:
-    """The trials table of a study, best first."""
+def report(study_name: str, storage: str | None = None) -> tuple[Any, str]:
+    """The trials table of a study, best first, and the name of the metric it optimises."""
     from automl.report import trials_table
 
-    return trials_table(load_study(study_name, checks.storage_url(storage)))
+    study = load_study(study_name, checks.storage_url(storage))
+    return trials_table(study), str(study.user_attrs.get(keys.METRIC, "value"))
 
 
 def studies(storage: str | None = None) -> Any:
     """The studies in a storage (an empty table when there is no storage yet: nothing is created)."""
     import pandas as pd
 
+    from automl.locks import storage_exists
     from automl.report import studies_table
-    from automl.storage import open_storage, storage_exists
+    from automl.storage import open_storage
 
     storage_url = checks.storage_url(storage)
     if not storage_exists(storage_url):
         return pd.DataFrame()
     return studies_table(open_storage(storage_url, create=False))
-
-
-def study_metric(study_name: str, storage: str | None = None) -> str:
-    """The name of the metric a study optimises."""
-    from automl.keys import METRIC
-
-    return str(load_study(study_name, checks.storage_url(storage)).user_attrs.get(METRIC, "value"))
 
 
 def predict(study_name: str, inputs: list[Path], tracking_uri: str | None = None, device: str = "cpu") -> Any:

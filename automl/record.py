@@ -22,6 +22,7 @@ from automl.keys import (
     DATA,
     EXPERIMENT_ID,
     METRIC,
+    NOT_RUN,
     PARENT_RUN_ID,
     PRUNER,
     SAMPLER,
@@ -33,7 +34,6 @@ from automl.keys import (
 )
 from automl.registries import PRUNERS, SAMPLERS, resolve
 from automl.space import SearchSpace, parse_space
-from automl.stopping import NOT_RUN
 from automl.tracking import Tracker
 
 
@@ -129,6 +129,9 @@ def create_or_load(
             f"--study: study {name!r} already exists with another search space "
             f"({study.user_attrs.get(SPACE_SOURCE, 'unknown')}); use another --study name"
         )
+    stored_seed = study.user_attrs.get(SEED, seed)
+    if stored_seed != seed:  # another process created it an instant ago, with another seed
+        raise UsageError(f"--seed: study {name!r} was created with seed {stored_seed}, not {seed}")
     known = study.user_attrs.get(DATA)
     if known and known.get("digest") != data.get("digest"):
         raise UsageError(f"--study: study {name!r} was created on data {_describe(known)}, not on "
@@ -136,10 +139,9 @@ def create_or_load(
     return study, False
 
 
-def stored_tracking_uri(storage: optuna.storages.RDBStorage, name: str) -> str | None:
-    """The tracking URI (without password) a study is bound to, if it has one."""
-    study = optuna.load_study(study_name=name, storage=storage)
-    return study.user_attrs.get(TRACKING_URI)
+def stored_attrs(storage: optuna.storages.RDBStorage, name: str) -> dict[str, Any]:
+    """The user attributes of an existing study (its seed, tracking URI without password, ...)."""
+    return optuna.load_study(study_name=name, storage=storage).user_attrs
 
 
 def _same_store(a: str, b: str) -> bool:

@@ -50,6 +50,11 @@ METRICS: dict[str, dict[str, str]] = {
 }
 
 
+def improves(value: float, than: float, direction: str) -> bool:
+    """Whether `value` is strictly better than `than` for a metric to `direction` (maximize/minimize)."""
+    return value > than if direction == "maximize" else value < than
+
+
 @dataclass(frozen=True)
 class OptionInfo:
     """An optimizer or loss setting: its default and the kind of values it takes."""

@@ -8,6 +8,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from automl.errors import UsageError
 from automl.keys import FAIL_REASON, FINAL_METRICS, METRIC, N_PARAMETERS, PRUNED_REASON, RUN_ID, SECONDS
 
 HIDDEN = ("mlflow_run_id", "reason")  # shown with --all-columns
@@ -75,27 +76,24 @@ def studies_table(storage: optuna.storages.BaseStorage) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def select(table: pd.DataFrame, top: int | None, columns: str | None, all_columns: bool) -> pd.DataFrame:
-    """The rows and columns `report` shows: the best `top` rows; the named `columns` (a metric's
-    name stands for `value`); run ids and reasons only with `all_columns`."""
+def select(table: pd.DataFrame, metric: str, top: int | None, columns: str | None,
+           all_columns: bool) -> pd.DataFrame:
+    """The rows and columns `report` shows: the best `top` rows; the named `columns` (parameters
+    with or without `param.`; the study's `metric` stands for `value`); run ids and reasons only
+    with `all_columns`."""
     if top is not None:
         table = table.head(top)
     if columns:
         wanted = [c.strip() for c in columns.split(",") if c.strip()]
         names = {c: c for c in table.columns} | {c.removeprefix("param."): c for c in table.columns}
-        unknown = [c for c in wanted if c not in names and not c.startswith("val_") and c != "value"]
+        names[metric] = "value"
+        unknown = [c for c in wanted if c not in names]
         if unknown:
-            raise_usage(f"--columns: unknown column {unknown[0]!r} (columns: {', '.join(names)})")
-        return table[[names.get(c, "value") for c in wanted]]
+            raise UsageError(f"--columns: unknown column {unknown[0]!r} (columns: {', '.join(names)})")
+        return table[[names[c] for c in wanted]]
     if not all_columns:
         table = table.drop(columns=[c for c in HIDDEN if c in table.columns])
     return table
-
-
-def raise_usage(message: str) -> None:
-    from automl.errors import UsageError
-
-    raise UsageError(message)
 
 
 def _format_value(value: Any, column: str) -> str:

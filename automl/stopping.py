@@ -32,15 +32,19 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.errors import UsageError
-from automl.keys import FAIL_REASON, METRIC, PRUNED_REASON
+from automl.keys import (
+    FAIL_REASON,
+    LATENCY_MS,
+    METRIC,
+    NOT_RUN,
+    PRUNED_REASON,
+    STOP,
+    WARM_START,
+)
+from automl.registries import improves
 from automl.space import SearchSpace
 
 # names stored on studies and trials (candidates for automl.keys)
-STOP = "automl.stop"  # study user attribute: {"reason", "mark"}: the trials numbered below mark are judged
-STOP_REASON_TAG = "automl.stop_reason"  # tag on the study's MLflow run
-NOT_RUN = "not_run"  # trial user attribute: why a queued trial never ran
-LATENCY_MS = "latency_ms"  # trial user attribute and run metric
-WARM_START = "warm_start"  # trial user attribute: "<study>#<trial number>" the parameters came from
 CONSTRAINT_PREFIX = "constraint: "  # pruned reasons of trials stopped by a constraint
 FIXED_PARAMS = "fixed_params"  # Optuna's system attribute for the parameters of an enqueued trial
 
@@ -109,10 +113,6 @@ def broke_constraint(trial: FrozenTrial) -> bool:
 # --- stopping rules ----------------------------------------------------------------------------
 
 
-def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
-
-
 def _finish_order(trial: FrozenTrial) -> tuple[datetime.datetime, int]:
     return trial.datetime_complete or datetime.datetime.max, trial.number
 
@@ -142,16 +142,16 @@ def should_stop(study: optuna.Study, space: SearchSpace, trials: Iterable[Frozen
     if space.goal is not None:
         for t in finished:
             if t.number >= mark and t.state == TrialState.COMPLETE and t.value is not None and (
-                    t.value == space.goal or _better(t.value, space.goal, direction)):
+                    t.value == space.goal or improves(t.value, space.goal, direction)):
                 sign = ">=" if direction == "maximize" else "<="
                 return f"goal reached: {metric}={t.value:.4f} {sign} {space.goal:g} (trial {t.number})"
     if space.patience is not None:
         best: FrozenTrial | None = None
         since = 0  # trials queued since the mark that finished after the last improvement
         for t in finished:
-            improves = t.state == TrialState.COMPLETE and t.value is not None and (
-                best is None or _better(t.value, best.value, direction))  # type: ignore[arg-type]
-            if improves:
+            new_best = t.state == TrialState.COMPLETE and t.value is not None and (
+                best is None or improves(t.value, best.value, direction))  # type: ignore[arg-type]
+            if new_best:
                 best, since = t, 0
             elif t.number >= mark:
                 since += 1
@@ -270,7 +270,7 @@ def _candidates(storage: optuna.storages.BaseStorage, names: list[str],
 
 
 def warm_start(study: optuna.Study, storage: optuna.storages.BaseStorage, names: list[str],
-               k: int = 3, space: SearchSpace | None = None) -> list[dict[str, Any]]:
+               space: SearchSpace, k: int = 3) -> list[dict[str, Any]]:
     """Run the best `k` parameter sets of the studies `names` (same storage) first: they become the
     fixed parameters (Optuna's `fixed_params`, as `enqueue_trial` writes them) of the first queued
     trials that have none. Parameters the study's space does not ask for, or whose values lie outside
@@ -282,10 +282,6 @@ def warm_start(study: optuna.Study, storage: optuna.storages.BaseStorage, names:
         return []
     if study.study_name in names:
         raise UsageError(f"--warm-start: study {study.study_name!r} cannot warm-start from itself")
-    if space is None:
-        from automl.record import space_of
-
-        space = space_of(study)
     trials = optuna.load_study(study_name=study.study_name, storage=storage).get_trials(deepcopy=False)
     seen = [t.system_attrs.get(FIXED_PARAMS) or t.params for t in trials]
     free = [t for t in trials if t.state == TrialState.WAITING and not t.system_attrs.get(FIXED_PARAMS)]

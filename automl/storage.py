@@ -14,9 +14,9 @@ import sqlalchemy
 from filelock import FileLock
 from optuna.trial import FrozenTrial
 
-from automl.checks import mask_text, mask_url
+from automl.checks import mask_text, mask_url, sqlite_file
 from automl.errors import FatalError, UsageError
-from automl.locks import SQLITE_TIMEOUT_S, creation_lock, lock_path, sqlite_database, storage_exists
+from automl.locks import SQLITE_TIMEOUT_S, creation_lock, lock_path, storage_exists
 
 
 def quiet_optuna() -> None:
@@ -85,7 +85,7 @@ def budget_lock(url: str, study_name: str) -> Iterator[None]:
     """Serialise budget top-ups and final summaries of one study across processes."""
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
-    database = sqlite_database(url)
+    database = sqlite_file(url)
     if database is not None:
         with FileLock(lock_path(database, f"budget-{study_name}"), timeout=600):
             yield

@@ -324,22 +324,23 @@ class Tracker:
         )
         return TrialRun(self, run.info.run_id)
 
-    @_fatal("read a run")
-    def run_status(self, run_id: str) -> str | None:
-        try:
-            return self.client.get_run(run_id).info.status
-        except MlflowException:
-            return None
-
     @_fatal("update a run")
     def set_status(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         """Close (or reopen, with RUNNING) a run, with optional tags."""
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.set_tags(run_id, tags)
         if status == "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         else:
             self.client.set_terminated(run_id, status)
+
+    @_fatal("tag a run")
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    @_fatal("remove a run's tag")
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self.client.delete_tag(run_id, key)
 
     @_fatal("read a run's tags")
     def tags(self, run_id: str) -> dict[str, str]:

@@ -16,12 +16,13 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
+from automl import checks
 from automl.errors import FatalError, Terminated, TrialFailed
-from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, WORKER
+from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, STOP_REASON_TAG, TRACKING_URI, WORKER
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle
 from automl.signals import SignalHold
-from automl.stopping import STOP_REASON_TAG, should_stop, stop_search
+from automl.stopping import should_stop, stop_search
 from automl.tracking import REASON_TAG, STATE_TAG, Tracker, TrackingError, TrialRun, run_status_for
 
 # --- sweeping up after dead workers ----------------------------------------------------------------
@@ -62,14 +63,15 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
     return failed
 
 
-def close_stale_run(tracker_uri: str, retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Heartbeat callback: a trial whose worker went silent is FAIL; close its run, maybe retry it."""
+def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Heartbeat callback: a trial whose worker went silent is FAIL; close its run, maybe retry it.
+    The run is closed in `tracking_uri`, else in the store the study is bound to."""
     retry_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry else None
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ID)
         if run_id:
-            Tracker(tracker_uri).set_status(
+            Tracker(checks.tracking_uri(tracking_uri, study.user_attrs.get(TRACKING_URI))).set_status(
                 run_id, "FAILED",
                 {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"},
             )
@@ -153,6 +155,44 @@ def _open_trial(handle: StudyHandle, trial: optuna.Trial, tracker: Tracker) -> T
     return run
 
 
+@dataclass
+class _Ending:
+    """How a trial ended, as `run_next_trial` caught it."""
+
+    state: TrialState
+    value: float | None
+    reason: str
+    seconds: float
+    escaping: BaseException | None  # an interrupt or fatal error to raise once the trial is closed
+    run_status: str | None  # the MLflow status when not the one of `state` (KILLED on an interrupt)
+
+
+def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, run: TrialRun | None,
+                 end: _Ending) -> None:
+    """Close the trial in Optuna, then its run in MLflow, with the true outcome and its reason."""
+    tags = {STATE_TAG: end.state.name, "automl.seconds": f"{end.seconds:.3f}",
+            "mlflow.runName": RUN_NAMES[end.state].format(trial.number)}
+    if end.reason:
+        tags[REASON_TAG] = end.reason[:5000]
+    try:
+        attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(end.state)
+        if attr:
+            handle.storage.set_trial_user_attr(trial._trial_id, attr, end.reason)
+        handle.storage.set_trial_user_attr(trial._trial_id, SECONDS, round(end.seconds, 3))
+        study.tell(trial, end.value, state=end.state)
+    except STORAGE_ERRORS as e:
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
+        raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
+    if run is not None and isinstance(end.escaping, TrackingError):
+        # e.g. only the artifact store failed: close the run while the database still answers
+        with contextlib.suppress(Exception):
+            run.end("FAILED", {**tags, REASON_TAG: str(end.escaping)[:5000]})
+    elif run is not None:
+        run.end(end.run_status or run_status_for(end.state.name), tags)
+
+
 def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) -> TrialOutcome | None:
     """Claim a queued trial, run it, and close it in both stores with its true outcome.
 
@@ -195,28 +235,8 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) 
             signals.hold()  # closing the trial is not interrupted; a signal waits until it is done
 
     seconds = time.monotonic() - started
-    tags = {STATE_TAG: state.name, "automl.seconds": f"{seconds:.3f}",
-            "mlflow.runName": RUN_NAMES[state].format(trial.number)}
-    if reason:
-        tags[REASON_TAG] = reason[:5000]
     try:
-        try:
-            attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(state)
-            if attr:
-                storage.set_trial_user_attr(trial._trial_id, attr, reason)
-            storage.set_trial_user_attr(trial._trial_id, SECONDS, round(seconds, 3))
-            study.tell(trial, value, state=state)
-        except STORAGE_ERRORS as e:
-            if run is not None:
-                with contextlib.suppress(Exception):
-                    run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
-            raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
-        if run is not None and isinstance(escaping, TrackingError):
-            # e.g. only the artifact store failed: close the run while the database still answers
-            with contextlib.suppress(Exception):
-                run.end("FAILED", {**tags, REASON_TAG: str(escaping)[:5000]})
-        elif run is not None:
-            run.end(run_status or run_status_for(state.name), tags)
+        _close_trial(handle, study, trial, run, _Ending(state, value, reason, seconds, escaping, run_status))
     finally:
         signals.release(raise_pending=escaping is None)
     if escaping is not None:
@@ -248,10 +268,7 @@ def stop_if_done(handle: StudyHandle, tracker: Tracker) -> str | None:
             stop_search(study, handle.storage, reason)
         except STORAGE_ERRORS as e:
             raise FatalError(f"Optuna storage failed while stopping the search: {e}") from e
-        try:
-            tracker.client.set_tag(handle.parent_run_id, STOP_REASON_TAG, reason[:5000])
-        except Exception as e:
-            raise TrackingError(f"MLflow failed while tagging the study run: {e}") from e
+        tracker.set_tags(handle.parent_run_id, {STOP_REASON_TAG: reason[:5000]})
     finally:
         signals.release()
     return reason

@@ -87,10 +87,10 @@ def test_storage_error_never_prints_the_password(tmp_path: Path, capsys, monkeyp
 
 
 def test_workers_get_urls_by_environment_not_argv() -> None:
-    from automl.launch import WorkerPlan
+    from automl.requests import WorkerRequest
 
-    plan = WorkerPlan("s", "postgresql://u:pw@h/db", "http://h:5000", "data", "cpu", 10, 60, 0, None, False)
-    argv = plan.argv(0, None)
+    plan = WorkerRequest("s", "postgresql://u:pw@h/db", "http://h:5000", "cpu", "data")
+    argv = plan.argv()
     assert not any("pw" in a or "postgresql" in a for a in argv)
     assert plan.env() == {"AUTOML_STORAGE": "postgresql://u:pw@h/db", "AUTOML_TRACKING_URI": "http://h:5000"}
 
@@ -196,3 +196,19 @@ def test_ctrl_c_in_the_first_trial_says_interrupted(stores: Stores, write_space)
     assert process.returncode == 130, err
     assert "interrupted" in err and "failed or were pruned" not in err, err
     assert _study_runs(stores, "first")[0].info.status == "KILLED"
+
+
+def test_resume_without_seed_keeps_the_study_seed_and_its_data(stores: Stores, write_space, capsys) -> None:
+    """The data's identity is computed with the study's seed, so a plain resume is not refused as
+    "other data"; asking for another seed is refused with one line."""
+    space = write_space()
+    assert cli("search", "--space", space, "--study", "seeded", "--trials", "1", "--seed", "3",
+               *stores.flags(), "--quiet") == 0
+    assert cli("search", "--space", space, "--study", "seeded", "--trials", "2", *stores.flags(), "--quiet") == 0
+    study = optuna.load_study(study_name="seeded", storage=stores.storage_url)
+    assert len(study.trials) == 2 and study.user_attrs["automl.seed"] == 3
+    capsys.readouterr()
+    assert cli("search", "--space", space, "--study", "seeded", "--trials", "3", "--seed", "4",
+               *stores.flags()) == 2
+    err = capsys.readouterr().err
+    assert "created with seed 3, not 4" in err and err.count("\n") == 1, err

@@ -14,14 +14,10 @@ from optuna.trial import TrialState, create_trial
 
 from automl import record
 from automl.data import load_dataset
+from automl.keys import LATENCY_MS, NOT_RUN, STOP, STOP_REASON_TAG, WARM_START
 from automl.objective import Objective
 from automl.space import parse_space
 from automl.stopping import (
-    LATENCY_MS,
-    NOT_RUN,
-    STOP,
-    STOP_REASON_TAG,
-    WARM_START,
     params_for,
     should_stop,
     stop_reason,
