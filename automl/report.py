@@ -15,9 +15,10 @@ HIDDEN = ("mlflow_run_id", "reason")  # shown with --all-columns
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs run, seconds, parameters, run id, reason;
-    sorted best first: complete trials by value, ties broken by the lower validation loss, then
-    the lower trial number; then pruned, failed, running and queued trials."""
+    """One row per trial: number, state, value, epochs run, seconds, final validation loss,
+    parameters, run id, reason; sorted best first: complete trials by value, equal values by trial
+    number (so the first row is Optuna's best trial, the one the champion comes from), then pruned,
+    failed, running and queued trials."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({
@@ -43,8 +44,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     table["val_loss"] = table["val_loss"].astype(float)
     if study.user_attrs.get(METRIC) == "val_loss" or table["val_loss"].isna().all():
         table = table.drop(columns=["val_loss"])
-    ties = ["val_loss"] if "val_loss" in table.columns else []
-    table = table.sort_values(["_state", "_value", *ties, "number"], na_position="last")
+    table = table.sort_values(["_state", "_value", "number"], na_position="last")
     return table.drop(columns=["_state", "_value"]).reset_index(drop=True)
 
 
