@@ -13,13 +13,13 @@ import pandas as pd
 import torch
 
 from automl.checkpoint import PREPROCESSING, CheckpointError, load_checkpoint
+from automl.data import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from automl.errors import FatalError, UsageError
 from automl.model import Normalised
 from automl.serving import predict_frame, prepare_inputs, stderr_warning
 from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, DEFAULT_TRACKING_URI, Tracker
 
 METADATA = "metadata.json"
-MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused before they are decoded
 
 
 @dataclass
@@ -98,7 +98,6 @@ def check_output_path(path: Path, flag: str) -> Path:
     return path
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def read_inputs(paths: list[Path], preprocessing: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
@@ -109,11 +108,11 @@ def read_inputs(paths: list[Path], preprocessing: dict[str, Any]) -> tuple[np.nd
         raw, names = _read_npy(paths[0])
     elif len(paths) == 1 and paths[0].suffix == ".csv":
         raw, names = _read_csv(paths[0], preprocessing)
-    elif all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+    elif all(p.suffix.lower() in IMAGE_EXTENSIONS for p in paths):
         raw, names = _read_images(paths, preprocessing)
     else:
         raise UsageError("INPUT: expected one .npy file, one .csv file, or image files "
-                         f"({', '.join(sorted(IMAGE_SUFFIXES))}), got {', '.join(map(str, paths))}")
+                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}), got {', '.join(map(str, paths))}")
     source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} images"
     x = prepare_inputs(raw, preprocessing, names, stderr_warning, source).numpy()
     return x, names if len(names) == len(x) else [f"{source}[{i}]" for i in range(len(x))]
