@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +62,7 @@ def load_best(
     """
     tracker = Tracker(tracking_uri)
     run = study_run(tracker, study, champion)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = tracker.download(run.info.run_id, BEST_DIR, Path(tmp))
+    with tracker.artifacts(run.info.run_id, BEST_DIR) as folder:
         model = load_checkpoint(folder, device)
         metadata = _read_json(folder, METADATA, run.info.run_id)
         preprocessing = _read_json(folder, PREPROCESSING, run.info.run_id)

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from automl.checkpoint import PREPROCESSING, load_checkpoint
-from automl.errors import UsageError
+from automl.checkpoint import PREPROCESSING, CheckpointError, load_checkpoint
+from automl.errors import FatalError, UsageError
 
 MODEL_DIR = "automl"  # inside the MLflow model: the checkpoint folder (safetensors + JSON)
 FORMAT_KEY = "automl.model_format"  # MLmodel metadata / run and LoggedModel tag: "pt2" or "pickle"
@@ -36,6 +36,14 @@ BATCH = 4096  # rows per forward pass
 SHOWN_ROWS = 5  # bad rows named in a message
 
 _logger = logging.getLogger(__name__)
+
+
+class ModelNotSaved(FatalError):
+    """The best network can be neither exported (pt2) nor pickled (exit code 1)."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class InputError(UsageError):
@@ -250,13 +258,27 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> Serve
     """MLflow's pyfunc hook: rebuild the network from the checkpoint folder `path`."""
     folder = Path(path)
     device = (model_config or {}).get("device") or "cpu"
-    model = load_checkpoint(folder, device, code_dir=folder.parent / "code")
+    try:
+        model = load_checkpoint(folder, device, code_dir=folder.parent / "code")
+    except CheckpointError as e:  # named by the model, not by MLflow's temporary download folder
+        raise CheckpointError(str(e).replace(str(folder.parent), _model_uri(folder.parent))) from None
     preprocessing_file = folder / PREPROCESSING
     if preprocessing_file.is_file():
         preprocessing = json.loads(preprocessing_file.read_text())
     else:
         preprocessing = {"input_shape": list(model.config.input_shape)}
     return ServedModel(model, preprocessing)
+
+
+def _model_uri(root: Path) -> str:
+    """`models:/<model_id>` of a downloaded MLflow model folder, as its MLmodel file records it."""
+    from mlflow.models import Model
+
+    try:
+        model_id = Model.load(str(root)).model_id
+    except Exception:  # no readable MLmodel: say what it is, not where the copy was
+        model_id = None
+    return f"models:/{model_id}" if model_id else "the MLflow model"
 
 
 def builder_code_paths(config: Any) -> list[str]:
@@ -294,11 +316,19 @@ def save_model(
 
         mlflow.pytorch.save_model(pytorch_model, path, serialization_format="pt2", code_paths=code_paths, **options)
     except Exception as e:  # torch.export cannot trace it (data-dependent control flow, ...)
-        _logger.warning("torch.export failed (%s); saving the network as a pickle with its code",
-                        str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+        _logger.warning("torch.export failed (%s); saving the network as a pickle with its code", _first_line(e))
         shutil.rmtree(path, ignore_errors=True)
         model_format = "pickle"
-        mlflow.pytorch.save_model(pytorch_model, path, serialization_format="pickle", code_paths=code_paths, **options)
+        try:
+            mlflow.pytorch.save_model(pytorch_model, path, serialization_format="pickle", code_paths=code_paths,
+                                      **options)
+        except Exception as pickling:
+            config = getattr(pytorch_model, "config", None)
+            name = getattr(config, "builder", None) or type(pytorch_model).__name__
+            raise ModelNotSaved(f"the best network ({name}) cannot be saved as an MLflow "
+                                f"model: torch.export failed ({_first_line(e)}) and pickling it failed "
+                                f"({_first_line(pickling)}); its weights are kept on the winning trial's "
+                                "run") from None
     shutil.copytree(weights, Path(path) / MODEL_DIR)
     preprocessing_file = Path(weights) / PREPROCESSING
     preprocessing = json.loads(preprocessing_file.read_text()) if preprocessing_file.is_file() else {}
@@ -310,9 +340,11 @@ def save_model(
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_served_model(run_id: str, model: torch.nn.Module, weights: Path, example: np.ndarray) -> tuple[str, str]:
-    """Log the model on `run_id` (MLflow's process-global URIs must point at the store).
-    Returns (model URI, serialization format: "pt2" or "pickle")."""
+def log_served_model(run_id: str, model: torch.nn.Module, weights: Path, example: np.ndarray,
+                     model_id: str | None = None) -> tuple[str, str]:
+    """Log the model on `run_id` (MLflow's process-global URIs must point at the store), into the
+    logged model `model_id` when given (else a new one). Returns (model URI, serialization format:
+    "pt2" or "pickle")."""
     import safetensors
     from mlflow.models import Model
 
@@ -321,5 +353,5 @@ def log_served_model(run_id: str, model: torch.nn.Module, weights: Path, example
                     "numpy", "pandas"]
     info = Model.log(artifact_path=None, name="model", flavor=sys.modules[__name__], run_id=run_id,
                      flavor_name="pytorch", pytorch_model=model, weights=str(weights), example=example,
-                     pip_requirements=requirements)
+                     pip_requirements=requirements, model_id=model_id)
     return info.model_uri, str((info.metadata or {}).get(FORMAT_KEY, "pt2"))

@@ -30,12 +30,12 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from automl.checks import DEFAULT_TRACKING_URI, mask_text, mask_url  # noqa: E402
-from automl.errors import FatalError, UsageError  # noqa: E402
+from automl.errors import AutomlError, FatalError, UsageError  # noqa: E402
 from automl.locks import creation_lock, storage_exists  # noqa: E402
 
 CHAMPION = "champion"
@@ -46,6 +46,7 @@ STATE_TAG = "automl.trial_state"
 REASON_TAG = "automl.fail_reason"
 BEST_TRIAL_TAG = "automl.best_trial"
 WEIGHTS_DIR = "weights"  # a trial's candidate best weights, on its child run
+FINAL_WEIGHTS_DIR = "final_weights"  # a trial's weights retrained with another seed (automl.final)
 BEST_DIR = "best_model"  # the study's best weights and configs, on the parent run
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0  # per-epoch metrics reach the store at most this late while a trial runs
@@ -70,11 +71,10 @@ def _fatal(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def call(self: Any, *args: Any, **kwargs: Any) -> T:
             try:
                 return fn(self, *args, **kwargs)
-            except TrackingError:
+            except FatalError:  # already one clear line (a TrackingError, a CheckpointError, ...)
                 raise
             except Exception as e:  # MlflowException, OSError, requests and sqlalchemy errors
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                first = mask_text(first, self.uri)
+                first = mask_text(_first_line(e)[:300], self.uri)
                 raise TrackingError(f"MLflow tracking ({mask_url(self.uri)}) failed to {action}: {first}") from e
 
         return call
@@ -84,6 +84,10 @@ def _fatal(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 
 def _params(values: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in values.items()]
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _now_ms() -> int:
@@ -132,12 +136,19 @@ class TrialRun:
 
     def _flush(self) -> None:
         params, metrics = self._take()
-        if not params and not metrics:
-            return
+        if params or metrics:
+            self._submit(self._send, params, metrics)
+
+    def _submit(self, write: Callable[..., None], *args: Any) -> None:
+        """Write inline to a local store; to a server from the background thread (`end` waits)."""
         if self.tracker.background is None:
-            self._send(params, metrics)
+            write(*args)
         else:
-            self._pending.append(self.tracker.background.submit(self._send, params, metrics))
+            self._pending.append(self.tracker.background.submit(write, *args))
+
+    @_fatal("log the trial's data")
+    def _send_data(self, datasets: list[DatasetInput]) -> None:
+        self.tracker.client.log_inputs(self.run_id, datasets=datasets)
 
     @_fatal("log the trial's parameters and metrics")
     def _send(self, params: list[Param], metrics: list[Metric], tags: list[RunTag] | None = None) -> None:
@@ -209,6 +220,7 @@ class Tracker:
         remote = uri.startswith(("http://", "https://", "databricks"))
         self.background = ThreadPoolExecutor(1, thread_name_prefix="automl-tracking") if remote else None
         self._system_tags: dict[str, str] | None = None
+        self._datasets: dict[str, list[DatasetInput]] = {}  # per study run: its dataset inputs
         if not remote:
             self._open_store()
 
@@ -276,11 +288,21 @@ class Tracker:
             tags={**self.system_tags(), ROLE_TAG: "study", STUDY_TAG: study_name},
         )
         run_id = run.info.run_id
-        self.client.log_batch(run_id, params=_params(params))
-        self.client.log_text(run_id, space_text, "search_space.yaml")
-        if data:
-            self.log_data(run_id, data)
+        try:
+            self.client.log_batch(run_id, params=_params(params))
+            self.client.log_text(run_id, space_text, "search_space.yaml")
+            if data:
+                self.log_data(run_id, data)
+        except Exception as e:  # e.g. the artifact store cannot be written: never left RUNNING
+            self._close_failed(run_id, e)
+            raise
         return run_id
+
+    def _close_failed(self, run_id: str, error: BaseException) -> None:
+        """Close a run that could not be set up FAILED, with the reason, while the store answers."""
+        with contextlib.suppress(Exception):
+            self.client.log_batch(run_id, tags=[RunTag(REASON_TAG, _first_line(error)[:5000])])
+            self.client.set_terminated(run_id, "FAILED")
 
     def system_tags(self) -> dict[str, str]:
         """MLflow's usual run tags (source name and type, user, git commit in a repository), resolved
@@ -298,7 +320,7 @@ class Tracker:
             source=json.dumps({"source": str(data.get("source"))}),
             profile=json.dumps({"rows": data.get("rows"), "shapes": data.get("shapes")}, default=str),
         )
-        self.client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(dataset, [])])
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [])])
 
     @_fatal("log the best value so far")
     def log_best_so_far(self, run_id: str, metric: str, value: float, trial_number: int) -> None:
@@ -310,6 +332,7 @@ class Tracker:
     def start_trial(
         self, experiment_id: str, parent_run_id: str, study_name: str, number: int
     ) -> TrialRun:
+        datasets = self._study_data(parent_run_id)
         run = self.client.create_run(
             experiment_id,
             run_name=f"trial-{number}",
@@ -322,7 +345,22 @@ class Tracker:
                 STATE_TAG: "RUNNING",
             },
         )
-        return TrialRun(self, run.info.run_id)
+        trial_run = TrialRun(self, run.info.run_id)
+        if datasets:  # the study's data, on each trial run too: one call per trial
+            try:
+                trial_run._submit(trial_run._send_data, datasets)
+            except Exception as e:  # the run is not handed back, so it is closed here
+                self._close_failed(trial_run.run_id, e)
+                raise
+        return trial_run
+
+    def _study_data(self, parent_run_id: str) -> list[DatasetInput]:
+        """The dataset inputs of a study run (as `log_data` wrote them), read once per process."""
+        if parent_run_id not in self._datasets:
+            inputs = self.client.get_run(parent_run_id).inputs
+            found = inputs.dataset_inputs if inputs is not None else []
+            self._datasets[parent_run_id] = [DatasetInput(d.dataset, list(d.tags)) for d in found]
+        return self._datasets[parent_run_id]
 
     @_fatal("update a run")
     def set_status(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
@@ -346,6 +384,12 @@ class Tracker:
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
+    @_fatal("log metrics")
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics on a run (open or closed) in one call, e.g. a trial's scores over extra seeds."""
+        stamp = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
     @_fatal("read a run's metrics")
     def metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
@@ -354,15 +398,46 @@ class Tracker:
     def download(self, run_id: str, path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(into)))
 
+    @contextlib.contextmanager
+    def artifacts(self, run_id: str, path: str) -> Iterator[Path]:
+        """A run's artifact folder `path`, downloaded into a temporary folder for the block. An error
+        of this tool raised in the block names the artifacts where the run keeps them, not the
+        temporary copy (gone by the time anyone reads the message)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.download(run_id, path, Path(tmp))
+            try:
+                yield folder
+            except AutomlError as e:
+                if tmp not in str(e):
+                    raise
+                where = self.artifact_location(run_id, path)
+                raise type(e)(str(e).replace(str(folder), where).replace(tmp, where)) from None
+
+    def artifact_location(self, run_id: str, path: str) -> str:
+        """Where a run keeps an artifact: a local path for a local store, else its URI."""
+        try:
+            root = self.client.get_run(run_id).info.artifact_uri
+        except Exception:
+            return f"artifact {path} of MLflow run {run_id}"
+        if root.startswith("file://"):
+            root = root.removeprefix("file://")
+        return f"{root.rstrip('/')}/{path}"
+
     @_fatal("log the study summary")
     def log_summary(
         self, run_id: str, params: dict[str, Any], metrics: dict[str, float],
-        tags: dict[str, str], trials: pd.DataFrame,
+        tags: dict[str, str], trials: pd.DataFrame, model_id: str | None = None,
     ) -> None:
+        """The study's summary on its run; with `model_id`, its best model's scores (`best_*`,
+        `test_*`) are that logged model's metrics too (MLflow's Models tab shows them)."""
         stamp = _now_ms()
+
+        def linked(key: str) -> str | None:
+            return model_id if key.startswith(("best_", "test_")) else None
+
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+            metrics=[Metric(k, float(v), stamp, 0, model_id=linked(k)) for k, v in metrics.items()],
             params=[p for p in _params(params) if p.key not in self._logged_params(run_id)],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
@@ -381,24 +456,43 @@ class Tracker:
     @_fatal("log the best model")
     def log_model(
         self, run_id: str, model: torch.nn.Module, example: np.ndarray, study_name: str,
-        version_tags: dict[str, str], weights: Path | None = None,
+        version_tags: dict[str, str], weights: Path | None = None, *, trained_by: str | None = None,
+        description: str = "", params: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
         """Log the best model on the study run and register a version: one MLflow model whose
         `pytorch` flavor is pt2 (pickle plus the builder's code where torch.export fails) and whose
         pyfunc (`automl.serving`) answers labels and probabilities like `automl predict`.
         `weights` is its checkpoint folder (default: the run's `best_model` artifacts). The format
-        is tagged on the run as `automl.model_format`. Returns (model URI, registered version).
+        is tagged on the run as `automl.model_format`. The version carries `version_tags` and
+        `description` and points at `trained_by` (the winning trial's run; default `run_id`);
+        the logged model (in the study's experiment) holds the study run's params and `params`.
+        Returns (model URI, registered version).
         """
         from automl.serving import FORMAT_KEY, log_served_model
 
+        run = self.client.get_run(run_id)
+        # created here so that it belongs to the study's experiment (MLflow would put it in the
+        # active one: Default), with the study's settings and the winning trial's params
+        logged = self.client.create_logged_model(
+            run.info.experiment_id, name="model", source_run_id=run_id, tags=self.system_tags(),
+            params={**run.data.params, **{k: str(v)[:MAX_PARAM_LENGTH] for k, v in (params or {}).items()}})
         with tempfile.TemporaryDirectory() as tmp:
             if weights is None:
                 weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
             with self._fluent_uris(), _no_requirement_check():
-                model_uri, model_format = log_served_model(run_id, model, weights, example)
+                model_uri, model_format = log_served_model(run_id, model, weights, example, logged.model_id)
         self.client.set_tag(run_id, FORMAT_KEY, model_format)
-        with self._fluent_uris():
-            version = mlflow.register_model(model_uri, study_name, tags=version_tags)
+        model_id = logged.model_id
+        try:
+            self.client.create_registered_model(study_name, description=f"Best networks of the automl study "
+                                                                       f"{study_name!r}; @champion is the best.")
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        with self._fluent_uris():  # the registry store looks the logged model up through MLflow's globals
+            version = self.client.create_model_version(
+                study_name, model_uri, run_id=trained_by or run_id, tags=version_tags,
+                description=description or None, model_id=model_id)
         return model_uri, str(version.version)
 
     @contextlib.contextmanager

@@ -212,3 +212,35 @@ def test_resume_without_seed_keeps_the_study_seed_and_its_data(stores: Stores, w
                *stores.flags()) == 2
     err = capsys.readouterr().err
     assert "created with seed 3, not 4" in err and err.count("\n") == 1, err
+
+
+def test_errors_name_the_model_or_run_not_a_temporary_folder(stores: Stores, write_space, capsys) -> None:
+    """A model or weights file that cannot be loaded is named where it is kept (the logged model,
+    the run's artifact folder), not by the temporary copy that is gone when the message is read."""
+    import mlflow
+
+    from automl.checkpoint import CheckpointError
+    from automl.tracking import Tracker
+
+    space = write_space()
+    command = ("search", "--space", space, "--study", "named", "--trials", "1", *stores.flags(), "--quiet")
+    assert cli(*command) == 0
+    client = stores.client()
+    version = client.get_model_version_by_alias("named", "champion")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    served = Path(model.artifact_location.removeprefix("file://")) / "automl" / "model_config.json"
+    kept = served.read_text()
+    served.write_text("{")
+    with Tracker(stores.tracking_uri)._fluent_uris(), pytest.raises(CheckpointError) as caught:
+        mlflow.pyfunc.load_model("models:/named@champion")
+    assert str(caught.value).startswith(f"models:/{model.model_id}/automl/model_config.json: unreadable model config")
+    served.write_text(kept)
+
+    trial_run = optuna.load_study(study_name="named", storage=stores.storage_url).best_trial.user_attrs["mlflow_run_id"]
+    weights = client.get_run(trial_run).info.artifact_uri.removeprefix("file://") + "/weights/model_config.json"
+    Path(weights).write_text("{")
+    capsys.readouterr()
+    assert cli(*command) == 1  # the summary of the same command evaluates those weights again
+    err = capsys.readouterr().err
+    assert f"{weights}: unreadable model config" in err and err.count("\n") == 1, err
+    assert _study_runs(stores, "named")[0].info.status == "FAILED"

@@ -234,3 +234,101 @@ def test_processes_opening_a_new_sqlite_storage_at_once(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0 and out.strip() == "ok", err
     assert optuna.study.get_all_study_names(url) == []
+
+
+def test_artifact_store_that_cannot_be_written_closes_every_run(stores: Stores, write_space, capsys) -> None:
+    """Only the artifact store fails while the tracking database answers (tests run as root, so a
+    regular file where the artifact folder belongs stands in for a read-only `mlruns`)."""
+    space = write_space()
+    blocked = stores.folder / "mlruns"
+    blocked.write_text("a file where the artifact folder belongs\n")  # the study run's first artifact fails
+    assert cli("search", "--space", space, "--study", "early", *stores.flags()) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Not a directory" in err and "Traceback" not in err, err
+    parents, _ = runs(stores, "early")
+    assert [r.info.status for r in parents] == ["FAILED"] and "Not a directory" in parents[0].data.tags[
+        "automl.fail_reason"]
+    assert "RUNNING" not in states(stores, "early")
+    blocked.unlink()
+
+    # the study run is there, no trial has run; then the artifact folder is blocked mid-search
+    assert cli("search", "--space", space, "--study", "art", "--timeout", "0.001", *stores.flags(), "--quiet") == 0
+    artifacts = Path(stores.client().get_experiment_by_name("art").artifact_location.removeprefix("file://"))
+    kept = stores.folder / "kept"
+    artifacts.rename(kept)
+    artifacts.write_text("blocked\n")
+    command = [PYTHON, "-m", "automl", "search", "--space", str(space), "--study", "art", "--device", "cpu",
+               *stores.flags(), "--quiet"]
+    done = subprocess.run(command, cwd=stores.folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "failed to log the trial's weights" in done.stderr, done.stderr
+    study = optuna.load_study(study_name="art", storage=stores.storage_url)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING", "WAITING"]
+    assert "failed to log the trial's weights" in study.trials[0].user_attrs["fail_reason"]
+    assert_nothing_running(stores, "art")
+    parents, children = runs(stores, "art")
+    assert parents[0].info.status == "FAILED"
+    assert [c.info.status for c in children] == ["FAILED"]
+    assert "Not a directory" in children[0].data.tags["automl.fail_reason"]
+
+    artifacts.unlink()  # mended: the same command finishes the study
+    kept.rename(artifacts)
+    assert cli("search", "--space", space, "--study", "art", *stores.flags(), "--quiet") == 0
+    assert states(stores, "art") == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert_nothing_running(stores, "art")
+
+
+LOCKED_NET = '''
+import math
+import threading
+
+from torch import nn
+
+
+class Locked(nn.Module):
+    """Holds a lock (cannot be pickled) and branches on its data (torch.export cannot trace it)."""
+
+    def __init__(self, input_shape, n_outputs, hidden=32):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n_outputs))
+
+    def forward(self, x):
+        out = self.net(x)
+        if out.sum() > 1e9:
+            out = out * 0
+        return out
+'''
+
+LOCKED_SPACE = """\
+data: {dataset: digits}
+budget: {epochs: 1, trials: 2}
+sampler: {name: random}
+pruner: {name: none}
+model:
+  builder: "nets.py:Locked"
+  params:
+    hidden: {type: int, low: 16, high: 32}
+optimizer: {name: adam, lr: 0.01}
+"""
+
+
+def test_error_after_the_trials_closes_the_study_run(stores: Stores) -> None:
+    """A failure the input checks cannot see, in the final phase: the best network can be neither
+    exported nor pickled, so logging the model fails after every trial completed."""
+    (stores.folder / "nets.py").write_text(LOCKED_NET)
+    space = stores.folder / "locked.yaml"
+    space.write_text(LOCKED_SPACE)
+    done = subprocess.run([PYTHON, "-m", "automl", "search", "--space", str(space), "--study", "locked",
+                           "--device", "cpu", *stores.flags(), "--quiet"],
+                          cwd=stores.folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot be saved as an MLflow model" in done.stderr and "cannot pickle" in done.stderr
+    assert states(stores, "locked") == ["COMPLETE", "COMPLETE"]
+    assert_nothing_running(stores, "locked")
+    parents, children = runs(stores, "locked")
+    assert parents[0].info.status == "FAILED"
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert stores.client().search_model_versions("name = 'locked'") == []
