@@ -26,4 +26,5 @@ NOT_RUN = "not_run"  # trial user attribute: why a queued trial never ran (close
 WARM_START = "warm_start"  # trial user attribute: "<study>#<trial number>" the parameters came from
 LATENCY_MS = "latency_ms"  # trial user attribute and run metric
 STOP_REASON_TAG = "automl.stop_reason"  # tag on the study's MLflow run
+FINAL_SEEDS = "automl.final_seeds"  # study system attribute: the final phase's seeds, scores and winner
 FINAL_METRICS = "final_metrics"  # the last epoch's metrics (val_loss breaks ties in reports)

@@ -18,11 +18,13 @@ import torch
 from automl.checkpoint import save_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError, TrialFailed
-from automl.keys import FINAL_METRICS, N_PARAMETERS
+from automl.keys import FINAL_METRICS, LATENCY_MS, N_PARAMETERS
 from automl.model import build_model, count_parameters
+from automl.pruning import prune_reason, record_curve
 from automl.registries import improves
+from automl.selection import dominates
 from automl.space import SearchSpace, suggest
-from automl.stopping import check_constraints
+from automl.stopping import check_constraints, forward_latency_ms
 from automl.tracking import NullTrialRun, TrialRun
 from automl.train import NonFiniteLoss, fit
 
@@ -52,21 +54,28 @@ def _best_metrics(metric: str, best: dict[str, float]) -> dict[str, float]:
 
 
 def release_memory() -> None:
-    """Give freed tensors back: Python garbage, then the CUDA cache."""
-    gc.collect()
+    """Give freed tensors back between trials. Reference counting frees a finished trial's tensors
+    at once; collecting the young generations catches the reference cycles made lately. A full
+    collection scans every object of the process (about 100 ms once torch and MLflow are loaded),
+    so it runs only where a GPU keeps freed memory cached: then the cache is emptied too."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
+    else:
+        gc.collect(1)
 
 
 class Objective:
-    """Callable objective for one study: `objective(trial, run)` trains and returns the score."""
+    """Callable objective for one study: `objective(trial, run)` trains and returns the score, or
+    in a multi-objective search the list of its values (the first metric, then the costs)."""
 
     def __init__(self, space: SearchSpace, data: Dataset, seed: int = 0) -> None:
         self.space = space
         self.data = data
         self.seed = seed
 
-    def __call__(self, trial: optuna.trial.BaseTrial, run: TrialRun | NullTrialRun | None = None) -> float:
+    def __call__(self, trial: optuna.trial.BaseTrial,
+                 run: TrialRun | NullTrialRun | None = None) -> float | list[float]:
         run = run or NullTrialRun()
         space, data = self.space, self.data
         seed = self.seed + trial.number
@@ -74,6 +83,8 @@ class Objective:
         run.log_params({**trial.params, "epochs": train_config.epochs, "seed": seed, "dataset": data.name,
                         "trial_number": trial.number})
         best: dict[str, float] = {}
+        costs: dict[str, float] = {}  # multi-objective: the objectives after the first, before training
+        curve: dict[int, float] = {}
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
@@ -81,14 +92,18 @@ class Objective:
             if not best or improves(value, best["value"], space.direction):
                 best.update(value=value, epoch=epoch)
             try:
-                trial.report(value, epoch)
-                prune = trial.should_prune()
+                if space.multi_objective:
+                    curve[epoch] = value
+                    rule = self._prune_multi(trial, costs, curve)
+                else:
+                    trial.report(value, epoch)
+                    rule = (PRUNING_RULES.get(space.pruner, space.pruner + " pruner")
+                            if trial.should_prune() else None)
             except STORAGE_ERRORS as e:
                 raise FatalError(f"Optuna storage failed while reporting epoch {epoch}: {e}") from e
-            if prune:
+            if rule:
                 run.log_metrics(_best_metrics(space.metric, best))
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {space.metric}={value:.4f} "
-                                         f"({PRUNING_RULES.get(space.pruner, space.pruner + ' pruner')})")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with {space.metric}={value:.4f} ({rule})")
 
         failure = None
         model = None
@@ -103,6 +118,8 @@ class Objective:
                 # budgets checked before training: a network that breaks one is pruned untrained
                 run.log_metrics(check_constraints(trial, space, model, n_parameters, data.val.x,
                                                   train_config.amp))
+            if space.multi_objective:
+                costs.update(self._costs(trial, run, model, n_parameters, train_config.amp))
             result = fit(model, data, train_config, on_epoch_end)
         except (optuna.TrialPruned, FatalError):
             raise
@@ -122,12 +139,49 @@ class Objective:
             raise TrialFailed(f"{space.metric} is {value}")
         trial.set_user_attr(FINAL_METRICS, {k: float(v) for k, v in result.metrics.items()})
         run.log_metrics(_best_metrics(space.metric, best))
-        if self._best_so_far(trial, value):
+        values = [value, *(costs[m] for m in space.metrics[1:])]
+        keep = self._on_front(trial, values) if space.multi_objective else self._best_so_far(trial, value)
+        if keep:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_checkpoint(Path(tmp), model, model_config, train_config,
                                          data.preprocessing())
                 run.log_weights(folder)
-        return value
+        return values if space.multi_objective else value
+
+    def _costs(self, trial: optuna.trial.BaseTrial, run: TrialRun | NullTrialRun, model: torch.nn.Module,
+               n_parameters: int, amp: bool) -> dict[str, float]:
+        """The objectives after the first, measured before training: `n_parameters`, and
+        `latency_ms`: the median time of one forward pass of one input on the search device, after
+        warm-up (a trial user attribute and a run metric)."""
+        costs: dict[str, float] = {}
+        for metric in self.space.metrics[1:]:
+            if metric == N_PARAMETERS:
+                costs[metric] = float(n_parameters)
+            elif metric == LATENCY_MS:
+                costs[metric] = round(forward_latency_ms(model, self.data.val.x[:1], amp), 4)
+                trial.set_user_attr(LATENCY_MS, costs[metric])
+                run.log_metrics({LATENCY_MS: costs[metric]})
+        return costs
+
+    def _prune_multi(self, trial: optuna.trial.BaseTrial, costs: dict[str, float],
+                     curve: dict[int, float]) -> str | None:
+        """Multi-objective pruning (automl.pruning): store the learning curve, judge the trial
+        against its peers. A FixedTrial (no study) is never pruned."""
+        record_curve(trial, curve)
+        study = getattr(trial, "study", None)
+        return None if study is None else prune_reason(study, self.space, costs, curve)
+
+    def _on_front(self, trial: optuna.trial.BaseTrial, values: list[float]) -> bool:
+        """Multi-objective: whether no complete trial dominates `values` (then the weights are
+        kept: every trial that ends on the Pareto front, the champion included, has them)."""
+        study = getattr(trial, "study", None)
+        if study is None:
+            return False
+        try:
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        except STORAGE_ERRORS as e:
+            raise FatalError(f"Optuna storage failed while reading the Pareto front: {e}") from e
+        return not any(t.values is not None and dominates(t.values, values, study.directions) for t in complete)
 
     def _best_so_far(self, trial: optuna.trial.BaseTrial, value: float) -> bool:
         """Whether `value` ties or beats every finished trial (then its weights are kept)."""

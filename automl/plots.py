@@ -1,7 +1,8 @@
 """Study plots drawn by Optuna's visualisation module: PNG files (matplotlib) of the history, the
 learning curves, the importances, parallel coordinates and a contour, and one interactive HTML page
 (plotly, self-contained so it opens offline and inside the MLflow UI) with those plus slices and a
-timeline."""
+timeline. A multi-objective study adds its Pareto front (PNG and HTML); the other plots show its
+first metric."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+
+from automl.pruning import curve_of
+from automl.selection import SELECT, champion_trial, metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,11 @@ def _register() -> None:
         "contour": (vp.plot_contour, vm.plot_contour, "Contour of the two most important parameters"),
         "slice": (vp.plot_slice, None, "Slice plot of the most important parameters"),
         "timeline": (vp.plot_timeline, None, "Timeline of trials by state"),
+        "pareto_front": (vp.plot_pareto_front, vm.plot_pareto_front,
+                         "Pareto front of the complete trials (the star: the champion)"),
     })
+# plots that take `target` (a multi-objective study must name the value to draw)
+TARGETED = ("optimization_history", "param_importances", "parallel_coordinate", "contour", "slice")
 
 
 def _evaluator() -> Any:
@@ -48,11 +56,20 @@ def _evaluator() -> Any:
     return optuna.importance.PedAnovaImportanceEvaluator()
 
 
+def _target(study: optuna.Study) -> dict[str, Any]:
+    """`target`/`target_name` for a multi-objective study: its first metric; nothing otherwise."""
+    if len(study.directions) == 1:
+        return {}
+    return {"target": lambda t: t.values[0], "target_name": metric_names(study)[0]}
+
+
 def _top_params(study: optuna.Study) -> list[str] | None:
+    target = {k: v for k, v in _target(study).items() if k == "target"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "few trials" notes: the plot itself says as much
-            return list(optuna.importance.get_param_importances(study, evaluator=_evaluator()))[:TOP_PARAMS]
+            return list(optuna.importance.get_param_importances(study, evaluator=_evaluator(),
+                                                                **target))[:TOP_PARAMS]
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
 
@@ -73,6 +90,35 @@ def _mark_pruned_matplotlib(axes: Any, pruned: set[int]) -> None:
             line.set_label(f"Trial{number} (pruned)")
     if axes.get_legend() is not None:  # redraw it with the new labels
         axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize="small")
+
+
+def _label_epochs(figure: Any, axes: Any, metric: str) -> None:
+    """Learning curves: x is the epoch, y the validation metric (not Optuna's "Step" and
+    "Intermediate Value")."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure.update_layout(xaxis_title="epoch", yaxis_title=metric)
+    for ax in _all_axes(axes):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _mark_champion(study: optuna.Study, figure: Any, axes: Any) -> None:
+    """A star on the champion of a two-objective Pareto front (automl.selection's rule); the PNG's
+    legend says "Pareto front" and "dominated" (Optuna's "Best Trial" and "Trial")."""
+    ax = _all_axes(axes)[0]
+    names = {"Best Trial": "Pareto front", "Trial": "dominated"}
+    for collection in ax.collections:
+        collection.set_label(names.get(collection.get_label(), collection.get_label()))
+    if len(study.directions) == 2 and study.best_trials:
+        number = champion_trial(study).number
+        x, y = study.get_trials(deepcopy=False)[number].values
+        label = f"champion (trial {number})"
+        figure.add_scatter(x=[x], y=[y], mode="markers", name=label,
+                           marker={"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1}})
+        ax.scatter([x], [y], marker="*", s=300, color="gold", edgecolors="black", zorder=5, label=label)
+    ax.legend()
 
 
 def _trial_number(label: str) -> int | None:
@@ -96,6 +142,7 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
         return []
     pruned = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
     top = _top_params(study)
+    multi, names = len(study.directions) > 1, metric_names(study)
     written: list[Path] = []
     figures: list[tuple[str, Any]] = []
     for name, (plotly_fn, matplotlib_fn, title) in PLOTS.items():
@@ -110,6 +157,12 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
             if len(complete) < 2 or not top:
                 continue
             kwargs["evaluator"] = _evaluator()
+        if name == "pareto_front":
+            if not multi:
+                continue
+            kwargs["target_names"] = names
+        if name in TARGETED:
+            kwargs.update(_target(study))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -122,6 +175,9 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
             _mark_pruned_plotly(figure, pruned)
             for ax in _all_axes(axes):
                 _mark_pruned_matplotlib(ax, pruned)
+            _label_epochs(figure, axes, names[0] if study.metric_names else "validation score")
+        if name == "pareto_front":
+            _mark_champion(study, figure, axes)
         figure.update_layout(title=title)
         figures.append((name, figure))
         if axes is None:
@@ -152,15 +208,34 @@ def _all_axes(axes: Any) -> list[Any]:
         return [axes]
 
 
+def plot_copy(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of the study's finished trials for drawing: its metric names and champion
+    rule, and in a multi-objective study each trial's learning curve as intermediate values (the
+    search keeps it in an attribute there, automl.pruning)."""
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    if study.metric_names:
+        copy.set_metric_names(list(study.metric_names))
+    if SELECT in study.user_attrs:  # the champion rule, to mark the champion on the Pareto front
+        copy.set_user_attr(SELECT, study.user_attrs[SELECT])
+    trials = study.get_trials(deepcopy=False, states=finished)
+    if len(study.directions) > 1:
+        trials = [optuna.trial.FrozenTrial(
+            number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
+            datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,
+            user_attrs=t.user_attrs, system_attrs=t.system_attrs, intermediate_values=curve_of(t),
+            trial_id=t._trial_id) for t in trials]
+    copy.add_trials(trials)
+    return copy
+
+
 class PlotJob:
     """Draws a study's plots in a forked child process while the caller goes on (logging the
     best model takes seconds too); inline where fork does not exist. The child gets an in-memory
     copy of the finished trials, never the parent's database connections."""
 
     def __init__(self, study: optuna.Study) -> None:
-        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        snapshot = optuna.create_study(study_name=study.study_name, directions=study.directions)
-        snapshot.add_trials(study.get_trials(deepcopy=False, states=finished))
+        snapshot = plot_copy(study)
         self.folder = Path(tempfile.mkdtemp(prefix="automl-plots-"))
         self.process = None
         if "fork" in multiprocessing.get_all_start_methods():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tempfile
+import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +17,13 @@ import optuna
 from automl.checkpoint import load_checkpoint
 from automl.data import Dataset
 from automl.errors import FatalError
-from automl.keys import RUN_ID
+from automl.keys import DATA, FINAL_METRICS, RUN_ID
 from automl.plots import PlotJob
 from automl.record import StudyHandle, counts
 from automl.registries import improves
 from automl.report import trials_table
-from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, WEIGHTS_DIR, Tracker
+from automl.selection import champion_trial, final_record, final_winner
+from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, FINAL_WEIGHTS_DIR, WEIGHTS_DIR, Tracker
 from automl.train import evaluate
 
 
@@ -73,20 +74,45 @@ def finalize(
         plots.cleanup()
 
 
-def _evaluate_best(handle: StudyHandle, tracker: Tracker, data: Dataset, best: optuna.trial.FrozenTrial,
-                   folder: Path) -> tuple[Any, dict[str, float], Path]:
+def _evaluate_best(handle: StudyHandle, data: Dataset, best: optuna.trial.FrozenTrial,
+                   weights: Path) -> tuple[Any, dict[str, float]]:
     """The best trial's kept weights, evaluated on the test split; metadata written beside them."""
-    run_id = best.user_attrs.get(RUN_ID)
-    weights = tracker.download(run_id, WEIGHTS_DIR, folder)
     model = load_checkpoint(weights, "cpu")
     test = {f"test_{k}": v for k, v in evaluate(model, data.to("cpu").test, data.task).items()}
     space = handle.space
     (weights / "metadata.json").write_text(json.dumps({
         "study": handle.name, "trial": best.number, "metric": space.metric, "value": best.value,
-        "direction": space.direction, "params": best.params, "trial_run_id": run_id,
+        "direction": space.direction, "params": best.params, "trial_run_id": best.user_attrs.get(RUN_ID),
         "study_run_id": handle.parent_run_id, **test,
     }, indent=2))
-    return model.eval(), test, weights
+    return model.eval(), test
+
+
+def _version_record(handle: StudyHandle, study: optuna.Study, best: optuna.trial.FrozenTrial, value: float,
+                    test: dict[str, float]) -> tuple[dict[str, str], str]:
+    """The registered version's tags (the winning trial's params as `param.*`, its scores, where it
+    came from) and its description."""
+    space = handle.space
+    test_metric = "test_" + space.metric.removeprefix("val_")
+    data = study.user_attrs.get(DATA) or {}
+    run_id = str(best.user_attrs.get(RUN_ID, ""))
+    final = {k: v for k, v in (best.user_attrs.get(FINAL_METRICS) or {}).items() if k != "epoch_seconds"}
+    scores = {**final, space.metric: value, **test}  # the last epoch's, and the test split's
+    tags = {"study": handle.name, "trial": str(best.number), "direction": space.direction,
+            "study_run_id": handle.parent_run_id, "trial_run_id": run_id, "metric": space.metric,
+            "data": str(data.get("name", "")), "data_digest": str(data.get("digest", "")),
+            **{k: f"{v:.6g}" for k, v in scores.items()},
+            **{f"param.{k}": str(v)[:5000] for k, v in best.params.items()}}
+    tags[test_metric] = str(test[test_metric])  # full precision: the champion comparison reads it
+    seeds = (final_record(study).get("trials") or {}).get(str(best.number))
+    if seeds:  # the seed-robust final phase's scores of this configuration
+        tags.update({f"final_mean_{space.metric}": f"{statistics.fmean(seeds):.6g}",
+                     f"final_std_{space.metric}": f"{statistics.stdev(seeds):.6g}", "final_seeds": str(len(seeds))})
+    description = (f"Study {handle.name}, trial {best.number} (MLflow run {run_id}): {space.metric}="
+                   f"{value:.4f}, {test_metric}={test[test_metric]:.4f} on the held-out test split; "
+                   f"data {data.get('name', '?')} ({data.get('source', '?')}, digest "
+                   f"{str(data.get('digest', '?'))[:12]}). Its parameters are the version's param.* tags.")
+    return tags, description
 
 
 def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optuna.Study,
@@ -94,19 +120,22 @@ def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optun
               say: Callable[[str], None]) -> BestModel:
     """Evaluate the best trial's kept weights on the test split; log, register and crown it."""
     space = handle.space
-    best = study.best_trial
+    best = champion_trial(study)
+    assert best.value is not None  # the best trial is complete
+    value = float(best.value)
     test_metric = "test_" + space.metric.removeprefix("val_")
     tags = tracker.tags(handle.parent_run_id)
     best_tags = {f"best.{k}": str(v) for k, v in best.params.items()}
-    summary_metrics[f"best_{space.metric}"] = float(best.value)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, test, weights = _evaluate_best(handle, tracker, data, best, Path(tmp))
+    summary_metrics[f"best_{space.metric}"] = value
+    # after a seed-robust final phase: the winning configuration's best retrained seed
+    kept = FINAL_WEIGHTS_DIR if final_winner(study) == best.number else WEIGHTS_DIR
+    with tracker.artifacts(str(best.user_attrs.get(RUN_ID)), kept) as weights:
+        model, test = _evaluate_best(handle, data, best, weights)
         if tags.get(BEST_TRIAL_TAG) == str(best.number):  # already published by an earlier summary
             tracker.log_summary(handle.parent_run_id, {}, summary_metrics, {**best_tags, **count_tags}, table)
-            return BestModel(best.number, float(best.value), test, tags.get("automl.best_model_uri", ""),
+            return BestModel(best.number, value, test, tags.get("automl.best_model_uri", ""),
                              tags.get("automl.registered_version", ""), None, model)
-        version_tags = {"study": handle.name, "trial": str(best.number), test_metric: str(test[test_metric]),
-                        "direction": space.direction, "study_run_id": handle.parent_run_id}
+        version_tags, description = _version_record(handle, study, best, value, test)
         # an earlier summary stopped after registering: finish its work instead of repeating it
         found = tracker.find_version(handle.name, {"study_run_id": handle.parent_run_id, "trial": str(best.number)})
         if found is not None:
@@ -115,17 +144,19 @@ def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optun
             tracker.log_folder(handle.parent_run_id, weights, BEST_DIR)
             example = data.to("cpu").test.x[:4].float().numpy()
             with _mlflow_lines_hidden():  # MLflow's own "Successfully registered ..." lines: ours say it
-                model_uri, version = tracker.log_model(handle.parent_run_id, model, example, handle.name,
-                                                       version_tags, weights=weights)
+                model_uri, version = tracker.log_model(
+                    handle.parent_run_id, model, example, handle.name, version_tags, weights=weights,
+                    trained_by=version_tags["trial_run_id"] or None, description=description,
+                    params=best.params)
     crown = _crown(handle, tracker, version, test_metric, test[test_metric], say)
     summary_metrics.update(test)
     tracker.log_summary(
         handle.parent_run_id, {}, summary_metrics,
         {**best_tags, **count_tags, BEST_TRIAL_TAG: str(best.number), "automl.best_model_uri": model_uri,
          "automl.registered_version": version},
-        table,
+        table, model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
     )
-    return BestModel(best.number, float(best.value), test, model_uri, version, crown, model)
+    return BestModel(best.number, value, test, model_uri, version, crown, model)
 
 
 @contextlib.contextmanager
@@ -141,7 +172,7 @@ def _crown(handle: StudyHandle, tracker: Tracker, version: str, test_metric: str
     crown = True
     if current is not None and str(current.version) != version and test_metric in current.tags:
         crown = improves(score, float(current.tags[test_metric]), handle.space.direction)
-    if crown:
+    if crown or current is None:
         tracker.set_champion(handle.name, version)
         say(f"Registered {handle.name} version {version} as @champion ({test_metric}={score:.4f})")
     else:

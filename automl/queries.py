@@ -28,13 +28,14 @@ def best_info(study_name: str, storage: str | None = None, tracking_uri: str | N
     """The best trial of a study with its test scores, run ids and model URIs."""
     from automl import record
     from automl.best import study_run
+    from automl.selection import champion_trial
     from automl.tracking import Tracker
 
     storage_url = checks.storage_url(storage)
     study = load_study(study_name, storage_url)
     uri = checks.tracking_uri(tracking_uri, study.user_attrs.get(keys.TRACKING_URI))
     try:
-        trial = study.best_trial
+        trial = champion_trial(study)
     except ValueError:
         raise FatalError(f"study {study_name!r} has no complete trial") from None
     space = record.space_of(study)

@@ -8,6 +8,7 @@ machines run exactly `--trials` trials between them.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from automl.keys import (
     TRACKING_URI,
 )
 from automl.registries import PRUNERS, SAMPLERS, resolve
+from automl.selection import SELECT
 from automl.space import SearchSpace, parse_space
 from automl.tracking import Tracker
 
@@ -105,10 +107,14 @@ def create_or_load(
 ) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists with the same space and data. Returns (study, created)."""
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=space.direction)
+        directions = [optuna.study.StudyDirection[d.upper()] for d in space.directions]
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         storage.set_study_system_attr(study._study_id, SPACE_TEXT, space.to_yaml())
-        study.set_metric_names([space.metric])
-        for key, value in ((SPACE_SOURCE, space.source), (SEED, seed), (METRIC, space.metric),
+        with warnings.catch_warnings():  # experimental in Optuna; the names label plots and `optuna studies`
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(space.metrics))
+        select = ((SELECT, {"best": space.select_best, "where": space.select_where}),) if space.multi_objective else ()
+        for key, value in ((SPACE_SOURCE, space.source), (SEED, seed), (METRIC, space.metric), *select,
                            (SAMPLER, space.sampler), (PRUNER, space.pruner), (DATA, data),
                            (SPACE_DIGEST, space.digest)):  # the digest last: it marks the study complete
             study.set_user_attr(key, value)

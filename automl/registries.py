@@ -50,6 +50,11 @@ METRICS: dict[str, dict[str, str]] = {
 }
 
 
+# costs of a network, measured once it is built (before it trains): the further objectives of a
+# multi-objective search (`objective.metrics`), all minimised
+COST_METRICS: dict[str, str] = {"n_parameters": "minimize", "latency_ms": "minimize"}
+
+
 def improves(value: float, than: float, direction: str) -> bool:
     """Whether `value` is strictly better than `than` for a metric to `direction` (maximize/minimize)."""
     return value > than if direction == "maximize" else value < than

@@ -42,6 +42,7 @@ from automl.keys import (
     WARM_START,
 )
 from automl.registries import improves
+from automl.selection import primary_value
 from automl.space import SearchSpace
 
 # names stored on studies and trials (candidates for automl.keys)
@@ -127,10 +128,10 @@ def should_stop(study: optuna.Study, space: SearchSpace, trials: Iterable[Frozen
     stop), changes nothing.
 
     - goal: a complete trial queued since the last stop reached `budget.goal` (>= when the metric is
-      maximised, <= when minimised);
+      maximised, <= when minimised; in a multi-objective search, the first metric);
     - patience: the last `budget.patience` finished trials queued since the last stop, in the order
-      they finished, did not beat the best trial so far. Trials stopped by a constraint (they never
-      trained) and trials never run do not count.
+      they finished, did not beat the best trial so far (on the first metric). Trials stopped by a
+      constraint (they never trained) and trials never run do not count.
     """
     if space.goal is None and space.patience is None:
         return None
@@ -141,22 +142,24 @@ def should_stop(study: optuna.Study, space: SearchSpace, trials: Iterable[Frozen
     metric, direction = space.metric, space.direction
     if space.goal is not None:
         for t in finished:
-            if t.number >= mark and t.state == TrialState.COMPLETE and t.value is not None and (
-                    t.value == space.goal or improves(t.value, space.goal, direction)):
+            value = primary_value(t)
+            if t.number >= mark and t.state == TrialState.COMPLETE and value is not None and (
+                    value == space.goal or improves(value, space.goal, direction)):
                 sign = ">=" if direction == "maximize" else "<="
-                return f"goal reached: {metric}={t.value:.4f} {sign} {space.goal:g} (trial {t.number})"
+                return f"goal reached: {metric}={value:.4f} {sign} {space.goal:g} (trial {t.number})"
     if space.patience is not None:
         best: FrozenTrial | None = None
         since = 0  # trials queued since the mark that finished after the last improvement
         for t in finished:
-            new_best = t.state == TrialState.COMPLETE and t.value is not None and (
-                best is None or improves(t.value, best.value, direction))  # type: ignore[arg-type]
+            value = primary_value(t)
+            new_best = t.state == TrialState.COMPLETE and value is not None and (
+                best is None or improves(value, primary_value(best), direction))  # type: ignore[arg-type]
             if new_best:
                 best, since = t, 0
             elif t.number >= mark:
                 since += 1
         if since >= space.patience:
-            held = f"best {metric}={best.value:.4f}, trial {best.number}" if best else "no complete trial"
+            held = f"best {metric}={primary_value(best):.4f}, trial {best.number}" if best else "no complete trial"
             return f"patience: {since} finished trials in a row without a new best ({held})"
     return None
 
@@ -242,9 +245,9 @@ def params_for(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
 
 def _ranked(study: optuna.Study) -> list[FrozenTrial]:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and all(v <= 0 for v in t.constraints.values())]
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(complete, key=lambda t: t.value, reverse=reverse)  # type: ignore[arg-type, return-value]
+                if primary_value(t) is not None and all(v <= 0 for v in t.constraints.values())]
+    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(complete, key=primary_value, reverse=reverse)  # type: ignore[arg-type, return-value]
 
 
 def _candidates(storage: optuna.storages.BaseStorage, names: list[str],
@@ -262,7 +265,7 @@ def _candidates(storage: optuna.storages.BaseStorage, names: list[str],
         metrics.add(source.user_attrs.get(METRIC))
     if metrics == {space.metric}:
         flat = [c for group in ranked for c in group]
-        return sorted(flat, key=lambda c: c[1].value, reverse=space.direction == "maximize")  # type: ignore
+        return sorted(flat, key=lambda c: primary_value(c[1]), reverse=space.direction == "maximize")  # type: ignore
     out = []
     for i in range(max((len(g) for g in ranked), default=0)):
         out.extend(g[i] for g in ranked if i < len(g))

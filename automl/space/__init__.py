@@ -16,7 +16,9 @@ Defaults (a missing key or section):
 
     data         validation_fraction 0.15, test_fraction 0.15, augment false;
                  image_folder: image_size 32 (or [h, w]), color rgb; npz: task classification
-    objective    metric val_accuracy (classification) / val_rmse (regression); direction: the metric's
+    objective    metric val_accuracy (classification) / val_rmse (regression); direction: the metric's;
+                 or metrics [trained metric, n_parameters and/or latency_ms] (a multi-objective
+                 search, directions from the metrics) with select {best: first metric, where: {}}
     budget       epochs 10, trials 20, no timeout, no goal, no patience (automl.stopping)
     constraints  none (max_parameters, max_latency_ms: checked before a trial trains)
     sampler      tpe (no options)

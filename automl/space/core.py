@@ -81,6 +81,8 @@ def _normalise(document: Document) -> dict[str, Any]:
     doc = json.loads(json.dumps(document.model_dump(exclude_none=True)))
     if not doc.get("constraints"):  # no constraints: the digest of spaces written before they existed
         doc.pop("constraints", None)
+    if not doc.get("final"):  # likewise without a final phase
+        doc.pop("final", None)
     model = doc["model"]
     if document.model.family is None:
         doc["model"] = {"builder": model["builder"], "params": model["params"]}
@@ -112,11 +114,12 @@ class Space:
         self.validation_fraction, self.test_fraction = data.validation_fraction, data.test_fraction
         self.data_path, self.target, self.color = data.path, data.target, data.color
         self.image_size: tuple[int, int] | None = tuple(data.image_size) if data.image_size else None  # type: ignore
-        self.metric, self.direction = d.objective.metric, d.objective.direction
+        self._objective(d)
         self.epochs, self.trials, self.timeout = d.budget.epochs, d.budget.trials, d.budget.timeout
         self.goal, self.patience = d.budget.goal, d.budget.patience
         self.max_parameters = d.constraints.max_parameters
         self.max_latency_ms = d.constraints.max_latency_ms
+        self.final_top_k, self.final_seeds = d.final.top_k or 3, d.final.seeds or 1
         self.sampler, self.sampler_options = d.sampler.name, dict(d.sampler.options or {})
         self.pruner, self.pruner_options = d.pruner.name, dict(d.pruner.options or {})
         self.family: str = m.family or reg.BUILDER_FAMILY
@@ -135,6 +138,24 @@ class Space:
         }
         self.training = {"batch_size": d.training.batch_size, "schedule": d.training.schedule}
         self.flags = {"augment": data.augment, "amp": d.training.amp, "compile": d.training.compile}
+
+    def _objective(self, d: Document) -> None:
+        """`metrics`/`directions`: the objectives (one, or the trained metric then costs); `metric`
+        and `direction` the first; `select_best`/`select_where`: the champion rule (automl.selection)."""
+        objective = d.objective
+        self.metrics: tuple[str, ...] = tuple(objective.metrics or (objective.metric,))  # type: ignore[arg-type]
+        directions = reg.METRICS[d.task] | reg.COST_METRICS
+        self.directions: tuple[str, ...] = tuple(directions[m] for m in self.metrics)
+        self.metric: str = self.metrics[0]
+        self.direction: str = self.directions[0]
+        select = objective.select
+        self.select_best: str = select.best if select and select.best else self.metric
+        self.select_where: dict[str, str] = dict(select.where or {}) if select else {}
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search optimises several metrics (a Pareto front, no single best)."""
+        return len(self.metrics) > 1
 
     @property
     def name(self) -> str:

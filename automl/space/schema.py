@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,9 +115,36 @@ class DataSection(Section):
         return self
 
 
+# `objective.select.where` conditions: "<= 2", ">= 0.95", "< 1e5", "> 0"
+CONDITION = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+# pruners that a multi-objective search can apply per epoch (automl.pruning)
+MULTI_OBJECTIVE_PRUNERS = ("median", "percentile", "none")
+
+
+def parse_condition(text: Any) -> tuple[str, float]:
+    """`"<= 2"` -> ("<=", 2.0); a `Problem` for anything else."""
+    match = CONDITION.match(text) if isinstance(text, str) else None
+    if match is None or not math.isfinite(float(match.group(2))):
+        raise Problem(f'expected a condition such as "<= 2" or ">= 0.95", got {show(text)}')
+    return match.group(1), float(match.group(2))
+
+
+class SelectSection(Section):
+    """Which trial of the Pareto front becomes the champion (automl.selection)."""
+
+    best: Annotated[str | None, TEXT.or_none()] = None  # default: the first metric
+    where: Annotated[dict[str, Any] | None, MAPPING.or_none()] = None  # metric -> condition
+
+
+METRIC_LIST = Rule("any", lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+                   "a list of metric names")
+
+
 class ObjectiveSection(Section):
     metric: Annotated[str | None, one_of([m for ms in reg.METRICS.values() for m in ms]).or_none()] = None
     direction: Annotated[str | None, one_of(["maximize", "minimize"]).or_none()] = None
+    metrics: Annotated[list[str] | None, METRIC_LIST.or_none()] = None  # several: a multi-objective search
+    select: SelectSection | None = None
 
 
 NUMBER = Rule("float", lambda v: True, "a number")
@@ -133,6 +161,13 @@ class BudgetSection(Section):
     timeout: Annotated[float | None, POSITIVE_FLOAT.or_none()] = None
     goal: Annotated[float | None, NUMBER.or_none()] = None  # stop once the objective metric reaches it
     patience: Annotated[int | None, POSITIVE_INT.or_none()] = None  # stop after N trials without a new best
+
+
+class FinalSection(Section):
+    """The seed-robust champion (automl.final): the top_k configurations trained with `seeds` seeds."""
+
+    top_k: Annotated[int | None, POSITIVE_INT.or_none()] = None  # default 3
+    seeds: Annotated[int | None, POSITIVE_INT.or_none()] = None  # per configuration, the trial's own included
 
 
 class _Count:
@@ -294,6 +329,7 @@ class Document(Section):
     loss: LossSection = Field(default_factory=lambda: LossSection())  # type: ignore[valid-type]
     optimizer: OptimizerSection = Field(default_factory=lambda: OptimizerSection())  # type: ignore[valid-type]
     training: TrainingSection = Field(default_factory=TrainingSection)
+    final: FinalSection = Field(default_factory=FinalSection)
 
     @property
     def task(self) -> str:
@@ -302,6 +338,7 @@ class Document(Section):
     @model_validator(mode="after")
     def _across_sections(self) -> Document:
         self._objective()
+        self._final()
         model, kind = self.model, reg.DATASETS[self.data.dataset].kind
         if model.family is not None and kind not in reg.FAMILIES[model.family]:
             raise Problem(f"{model.family} needs an image dataset, not {self.data.dataset!r}", "model", "family")
@@ -314,9 +351,27 @@ class Document(Section):
                 raise Problem(f"set, but {name!r} is not among the optimizers", "optimizer", name)
         return self
 
+    def _final(self) -> None:
+        final = self.final
+        if final.top_k is None and final.seeds is None:
+            return
+        expected = "a whole number >= 2 (the trial's own run counts as one seed)"
+        if final.seeds is None:
+            raise Problem(f"missing; expected {expected}", "final", "seeds")
+        if final.seeds < 2:
+            raise Problem(f"expected {expected}, got {show(final.seeds)}", "final", "seeds")
+        if self.objective.metrics and len(self.objective.metrics) > 1:
+            raise Problem("the seed-robust final phase ranks one objective; a multi-objective search "
+                          "picks its champion by objective.select", "final")
+
     def _objective(self) -> None:
         metrics = reg.METRICS[self.task]
         objective = self.objective
+        if objective.metrics is not None:
+            self._several_metrics()
+            return
+        if objective.select is not None:
+            raise Problem("only with objective.metrics (a multi-objective search)", "objective", "select")
         if objective.metric is None:
             objective.metric = next(iter(metrics))
         elif objective.metric not in metrics:
@@ -327,11 +382,69 @@ class Document(Section):
             raise Problem(f"{objective.metric} is to {direction}, not to {objective.direction}",
                           "objective", "direction")
         objective.direction = direction
+        self._goal(objective.metric)
+
+    def _goal(self, metric: str) -> None:
+        """`budget.goal` must be a value the (first) objective metric can take."""
         goal = self.budget.goal
-        low, high = METRIC_RANGES.get(objective.metric, (None, None))
+        low, high = METRIC_RANGES.get(metric, (None, None))
         if goal is not None and ((low is not None and goal < low) or (high is not None and goal > high)):
             span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise Problem(f"{objective.metric} lies in {span}, got {show(goal)}", "budget", "goal")
+            raise Problem(f"{metric} lies in {span}, got {show(goal)}", "budget", "goal")
+
+    def _several_metrics(self) -> None:
+        """`objective.metrics`: the trained metric first, then costs known before training; the
+        directions follow from them; `select` names only these metrics."""
+        objective, trained = self.objective, reg.METRICS[self.task]
+        names = objective.metrics or []
+        if objective.metric is not None:
+            raise Problem("give objective.metric (one) or objective.metrics (several), not both", "objective", "metric")
+        if objective.direction is not None:
+            raise Problem("the directions follow from objective.metrics; drop objective.direction",
+                          "objective", "direction")
+        if len(names) < 2:
+            raise Problem(f"expected two or more metrics (for one, use objective.metric), got {show(names)}",
+                          "objective", "metrics")
+        if names[0] not in trained:
+            raise Problem(f"the first metric is the one trained for: expected one of {', '.join(trained)} for a "
+                          f"{self.task} dataset, got {show(names[0])}", "objective", "metrics", 0)
+        for i, name in enumerate(names[1:], 1):
+            if name in names[:i]:
+                raise Problem(f"{show(name)} is listed twice", "objective", "metrics", i)
+            if name not in reg.COST_METRICS:
+                raise Problem(f"expected one of {', '.join(reg.COST_METRICS)} (measured before training), "
+                              f"got {show(name)}", "objective", "metrics", i)
+        objective.select = self._select(names)
+        if "latency_ms" in names and self.constraints.max_latency_ms is not None:
+            raise Problem("bounds one evaluation batch's latency, while the objective latency_ms is one input's; "
+                          "drop one (objective.select.where can bound latency_ms among the Pareto front)",
+                          "constraints", "max_latency_ms")
+        if self.pruner.name not in MULTI_OBJECTIVE_PRUNERS:
+            allowed = ", ".join(MULTI_OBJECTIVE_PRUNERS[:-1]) + f" or {MULTI_OBJECTIVE_PRUNERS[-1]}"
+            raise Problem(f"a multi-objective search prunes with {allowed}, not {self.pruner.name}", "pruner", "name")
+        self._goal(names[0])
+
+    def _select(self, names: list[str]) -> SelectSection:
+        """`objective.select` of a multi-objective search: `best` defaults to the first metric; `best`
+        and `where` name the objective's metrics; conditions normalised (`"<=2"` -> `"<= 2"`)."""
+        select = self.objective.select or SelectSection()
+        if select.best is None:
+            select.best = names[0]
+        elif select.best not in names:
+            raise Problem(f"expected one of the objective's metrics ({', '.join(names)}), got {show(select.best)}",
+                          "objective", "select", "best")
+        where = {}
+        for key, condition in (select.where or {}).items():
+            if key not in names:
+                raise Problem(f"expected one of the objective's metrics ({', '.join(names)})",
+                              "objective", "select", "where", str(key))
+            try:
+                op, value = parse_condition(condition)
+            except Problem as e:
+                raise Problem(e.message, "objective", "select", "where", key) from None
+            where[key] = f"{op} {int(value) if value.is_integer() and abs(value) < 1e15 else value!r}"
+        select.where = where
+        return select
 
     def _losses(self) -> None:
         loss = self.loss
