@@ -23,6 +23,8 @@ _EXPORTS = {
     "DataError": "automl.data",
     "UsageError": "automl.errors",
     "FatalError": "automl.errors",
+    "compare_studies": "automl.compare",
+    "refine_space": "automl.refine",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

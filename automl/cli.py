@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   automl search                                           the default search: MLPs on the built-in digits
   automl search --space search_spaces/mnist_cnn.yaml --data-dir data --trials 50 --timeout 600
   automl report --study digits_mlp --top 5                the best five trials
+  automl compare digits_mlp digits_b --output compare.png  best so far of two studies, by trial and by time
+  automl refine --study digits_mlp --output narrower.yaml  a narrower space around the best trials
 """
 
 
@@ -164,6 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(studies, tracking=False)
     studies.set_defaults(func=cmd_studies)
 
+    compare = sub.add_parser("compare", help="best value so far of several studies, by trial number and by "
+                                             "wall time: a table and a plot")
+    compare.add_argument("studies", nargs="+", metavar="STUDY", help="studies of one metric and direction")
+    compare.add_argument("--output", type=Path, action="append", metavar="FILE",
+                         help="write the plot here: .png, .svg or .pdf (two panels) or .html (interactive); "
+                              "repeatable (default: the table only)")
+    compare.add_argument("--json", action="store_true", help="print JSON records")
+    _store_flags(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    refine = sub.add_parser("refine", help="write a narrower search space around a study's best trials")
+    refine.add_argument("--study", required=True, help="the study")
+    refine.add_argument("--output", type=Path, required=True, help="the YAML file to write")
+    refine.add_argument("--top", type=_positive_int, metavar="N",
+                        help="narrow around the best N complete trials (default: the best 20%%, at least 5)")
+    refine.add_argument("--force", action="store_true", help="replace --output when it exists")
+    _store_flags(refine)
+    refine.set_defaults(func=cmd_refine)
+
     predict = sub.add_parser("predict", help="predict with a study's champion model")
     predict.add_argument("--study", required=True, help="the study whose champion predicts")
     predict.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
@@ -299,6 +320,31 @@ def cmd_studies(args: argparse.Namespace) -> int:
         print("no studies here yet (run `automl search` first)")
     else:
         print(format_table(table))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from automl.compare import compare_studies, format_summary
+
+    table = compare_studies(args.studies, args.storage, args.output)
+    if args.json:
+        print(_records_json(table))
+    else:
+        print(format_summary(table))
+    for path in args.output or []:
+        print(f"plot written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from automl.refine import refine_space
+
+    result = refine_space(args.study, args.output, storage=args.storage, top=args.top, force=args.force)
+    print(f"wrote {args.output}: {len(result.changes)} range(s) changed around the best {result.top} of "
+          f"{result.complete} complete trials of study {args.study!r}")
+    for change in result.changes:
+        print(f"  {change.comment()}")
+    print(f"search it: automl search --space {args.output}")
     return 0
 
 
