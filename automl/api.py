@@ -9,6 +9,8 @@ closes both stores first and then re-raises the interrupt.
 from __future__ import annotations
 
 import contextlib
+import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,11 +106,63 @@ def _load_data(space: Any, seed: int, data_dir: str, download: bool, python_data
     )
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while a search or a worker starts: it imports torch, MLflow, Optuna
+    and SQLAlchemy, hundreds of thousands of objects and hardly any garbage, and Python would scan
+    the growing heap a dozen times on the way (1-2 s measured). Earlier garbage is collected
+    first; what the start-up made is then frozen (`gc.freeze`: long-lived objects that later
+    collections skip), its few import-time reference cycles with it."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _setup_threads(threads: int | None) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+
+
+PRELOAD_AFTER_SECONDS = 2.0
+
+
+class _Preload:
+    """Imports what the end of the search needs (torch.export's tracer for the pt2 model, Optuna's
+    plots, which the plot process forked at the end inherits) in a background thread while the
+    trials run: 2-4 s otherwise paid after the last trial. Started after the first trial of this
+    process that took PRELOAD_AFTER_SECONDS or more: trials that long spend their time in kernels
+    that release the interpreter lock (beside short, Python-bound trials the imports would only
+    take turns with the training), and the lazy imports of the trials (torch._dynamo with the
+    first optimizer, ...) are done by then, so the two threads never import one module at once.
+    Started at once when the trials run elsewhere."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.enabled and self.thread is None:
+            self.thread = threading.Thread(target=self._imports, name="automl-preload")
+            self.thread.start()
+
+    @staticmethod
+    def _imports() -> None:
+        with contextlib.suppress(Exception):  # only a head start: publishing imports them again
+            import optuna.importance  # noqa: F401
+            import optuna.visualization.matplotlib  # noqa: F401
+            import torch.export._trace  # noqa: F401
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 @dataclass
@@ -130,6 +184,7 @@ class _Search:
     tracker: Any = None
     handle: Any = None
     study: Any = None
+    preload: _Preload = field(default_factory=_Preload)
 
 
 def _check_numbers(request: SearchRequest) -> None:
@@ -259,14 +314,23 @@ def _run_trials(s: _Search, progress: Any, deadline: float | None) -> None:
         s.name, checks.absolute_sqlite(s.storage_url), checks.absolute_sqlite(s.tracking_uri), request.device,
         str(Path(request.data_dir).resolve()), False, s.timeout, request.heartbeat_interval,
         request.grace_period, request.retry_failed, request.threads, request.quiet)
-    if request.launcher == "ray":
-        launch.run_ray_workers(run_worker, plan, s.workers)
-    elif s.workers == 1 and len(s.gpus) <= 1:
+    if s.workers == 1 and len(s.gpus) <= 1 and request.launcher != "ray":
+        # torch.compile imports the compiler in the trials themselves: no preloading beside it
+        s.preload.enabled = not s.space.flags.get("compile")
+
+        def report(outcome: Any) -> None:
+            progress.trial(outcome)
+            if outcome.seconds >= PRELOAD_AFTER_SECONDS:
+                s.preload.start()
+
         objective = Objective(s.space, s.data.to(s.device), s.seed)
-        worker.run_worker(s.handle, objective, s.tracker, deadline, progress.trial,
-                          linger=request.retry_failed > 0)
-    elif s.workers > 0:
-        launch.run_local_workers(plan, s.workers, s.gpus, s.handle, progress)
+        worker.run_worker(s.handle, objective, s.tracker, deadline, report, linger=request.retry_failed > 0)
+    else:
+        s.preload.start()  # this process only waits for its workers
+        if request.launcher == "ray":
+            launch.run_ray_workers(run_worker, plan, s.workers)
+        elif s.workers > 0:
+            launch.run_local_workers(plan, s.workers, s.gpus, s.handle, progress)
     launch.wait_for_other_workers(s.handle, progress, deadline, include_queued=s.workers == 0)
 
 
@@ -276,16 +340,18 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     Ctrl-C / SIGTERM: the running trial is closed, the best model so far is still published, the
     study run is closed KILLED, then the interrupt is raised again. A fatal error closes the study
     run FAILED and is raised."""
-    from automl import storage
-    from automl.progress import Progress
-    from automl.publish import finalize
-    from automl.record import queued_total
-    from automl.storage import quiet_optuna
+    with _collector_paused():
+        from automl import storage
+        from automl.progress import Progress
+        from automl.publish import finalize
+        from automl.record import queued_total
+        from automl.storage import quiet_optuna
+        from automl.tracking import REASON_TAG
 
-    quiet_optuna()
-    s = _prepare(request)
-    _setup_threads(request.threads)
-    _open_study(s, say)
+        quiet_optuna()
+        s = _prepare(request)
+        _setup_threads(request.threads)
+        _open_study(s, say)
     deadline = time.monotonic() + s.timeout if s.timeout else None
     in_study = len(s.study.get_trials(deepcopy=False))
     progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
@@ -303,7 +369,12 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             progress.close()
         if stop is None or isinstance(stop, KeyboardInterrupt):  # after a failure nothing more is written
             try:
+                s.preload.wait()
                 with storage.budget_lock(s.storage_url, s.name):
+                    if stop is None and s.space.final_seeds > 1:  # the seed-robust champion
+                        from automl.final import run_final
+
+                        run_final(s.handle.load(), s.space, s.data.to(s.device), s.tracker, s.seed, say)
                     best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None)
                 result = _result(s, best)
                 _print_summary(s, result, best, say)
@@ -317,7 +388,8 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
                 status = "FAILED" if status == "FINISHED" else status
     finally:
         with _closing_errors(stop):
-            s.tracker.set_status(s.handle.parent_run_id, status)
+            why = {REASON_TAG: str(stop)[:5000]} if status == "FAILED" and stop is not None else None
+            s.tracker.set_status(s.handle.parent_run_id, status, why)
         s.storage.engine.dispose()  # SQLite removes its -wal/-shm files with the last connection
     if stop is not None:
         raise stop
@@ -349,6 +421,7 @@ def _result(s: _Search, best: Any) -> SearchResult:
 
 
 def _print_summary(s: _Search, result: SearchResult, best: Any, say: Say) -> None:
+    from automl.selection import champion_note, champion_trial
     from automl.stopping import stop_reason
 
     study, totals = result.study, result.counts
@@ -360,12 +433,15 @@ def _print_summary(s: _Search, result: SearchResult, best: Any, say: Say) -> Non
     if reason:
         say(f"  stopped early: {reason}")
     if totals["COMPLETE"]:
-        trial = study.best_trial
+        trial = champion_trial(study)
         line = f"best trial {trial.number}: {s.space.metric}={trial.value:.4f}"
         if best is not None:
             test = ", ".join(f"{k}={v:.4f}" for k, v in best.test_metrics.items())
             line += f"; {test}; model version {best.version}"
         say(line)
+        note = champion_note(study)  # multi-objective: how the champion was chosen
+        if note:
+            say(f"  {note}")
         say(f"  reload: automl.load_best({s.name!r}) or mlflow.pytorch.load_model('models:/{s.name}@champion')")
     say(f"  view: automl ui --tracking-uri {checks.mask_url(s.tracking_uri)}")
 
@@ -375,31 +451,32 @@ def _print_summary(s: _Search, result: SearchResult, best: Any, say: Say) -> Non
 
 def run_worker(request: WorkerRequest) -> int:
     """Join a study and run its queued trials until none is left (or the timeout). Returns trials run."""
-    from automl import record, storage
-    from automl.objective import Objective
-    from automl.progress import Progress
-    from automl.queries import load_study
-    from automl.storage import quiet_optuna
-    from automl.tracking import Tracker
-    from automl.train import resolve_device
-    from automl.worker import close_stale_run
-    from automl.worker import run_worker as loop
+    with _collector_paused():
+        from automl import record, storage
+        from automl.objective import Objective
+        from automl.progress import Progress
+        from automl.queries import load_study
+        from automl.storage import quiet_optuna
+        from automl.tracking import Tracker
+        from automl.train import resolve_device
+        from automl.worker import close_stale_run
+        from automl.worker import run_worker as loop
 
-    quiet_optuna()
-    name = checks.check_study_name(request.study)
-    storage_url = checks.storage_url(request.storage)
-    device = resolve_device(request.device)
-    _setup_threads(request.threads)
-    study = load_study(name, storage_url)
-    space = record.space_of(study)
-    attrs = study.user_attrs
-    tracking_uri = checks.tracking_uri(request.tracking_uri, attrs.get(keys.TRACKING_URI))
-    if keys.PARENT_RUN_ID not in attrs:
-        raise UsageError(f"--study: study {name!r} has no MLflow run yet; start it with `automl search`")
-    seed = int(attrs.get(keys.SEED, 0))
-    data = _load_data(space, seed, request.data_dir, request.download)
-    opened = storage.open_storage(storage_url, request.heartbeat_interval, request.grace_period,
-                                  close_stale_run(request.tracking_uri, request.retry_failed))
+        quiet_optuna()
+        name = checks.check_study_name(request.study)
+        storage_url = checks.storage_url(request.storage)
+        device = resolve_device(request.device)
+        _setup_threads(request.threads)
+        study = load_study(name, storage_url)
+        space = record.space_of(study)
+        attrs = study.user_attrs
+        tracking_uri = checks.tracking_uri(request.tracking_uri, attrs.get(keys.TRACKING_URI))
+        if keys.PARENT_RUN_ID not in attrs:
+            raise UsageError(f"--study: study {name!r} has no MLflow run yet; start it with `automl search`")
+        seed = int(attrs.get(keys.SEED, 0))
+        data = _load_data(space, seed, request.data_dir, request.download)
+        opened = storage.open_storage(storage_url, request.heartbeat_interval, request.grace_period,
+                                      close_stale_run(request.tracking_uri, request.retry_failed))
     handle = record.StudyHandle(name, opened, space,
                                 record.make_sampler(space, seed + 7919 * (request.worker_index + 1)),
                                 record.make_pruner(space), seed, attrs[keys.EXPERIMENT_ID],

@@ -24,6 +24,7 @@ from automl.keys import FAIL_REASON, PRUNED_REASON, SECONDS
 from automl.progress import Progress
 from automl.record import StudyHandle
 from automl.requests import WorkerRequest
+from automl.selection import champion_trial, primary_value
 from automl.worker import TrialOutcome
 
 POLL_SECONDS = 1.0
@@ -156,11 +157,11 @@ def wait_for_other_workers(handle: StudyHandle, progress: Progress, deadline: fl
 
 def _outcome(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> TrialOutcome:
     try:
-        best = study.best_trial
+        best = champion_trial(study)
     except ValueError:
         best = None
     reason = trial.user_attrs.get(FAIL_REASON) or trial.user_attrs.get(PRUNED_REASON, "")
-    return TrialOutcome(trial.number, trial.state, trial.value, float(trial.user_attrs.get(SECONDS, 0.0)),
+    return TrialOutcome(trial.number, trial.state, primary_value(trial), float(trial.user_attrs.get(SECONDS, 0.0)),
                         reason, best)
 
 
@@ -170,4 +171,4 @@ def _poll_progress(handle: StudyHandle, progress: Progress) -> None:
     study = handle.load()
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     complete = any(t.state == TrialState.COMPLETE for t in finished)
-    progress.poll(len(finished), study.best_trial if complete else None)
+    progress.poll(len(finished), champion_trial(study) if complete else None)

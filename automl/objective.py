@@ -54,15 +54,10 @@ def _best_metrics(metric: str, best: dict[str, float]) -> dict[str, float]:
 
 
 def release_memory() -> None:
-    """Give freed tensors back between trials. Reference counting frees a finished trial's tensors
-    at once; collecting the young generations catches the reference cycles made lately. A full
-    collection scans every object of the process (about 100 ms once torch and MLflow are loaded),
-    so it runs only where a GPU keeps freed memory cached: then the cache is emptied too."""
+    """Give freed tensors back: Python garbage, then the CUDA cache."""
+    gc.collect()
     if torch.cuda.is_available():
-        gc.collect()
         torch.cuda.empty_cache()
-    else:
-        gc.collect(1)
 
 
 class Objective:

@@ -21,6 +21,7 @@ from automl.errors import FatalError, Terminated, TrialFailed
 from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, STOP_REASON_TAG, TRACKING_URI, WORKER
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle
+from automl.selection import champion_trial, primary_value
 from automl.signals import SignalHold
 from automl.stopping import should_stop, stop_search
 from automl.tracking import REASON_TAG, STATE_TAG, Tracker, TrackingError, TrialRun, run_status_for
@@ -111,11 +112,10 @@ class Heartbeat:
 
 
 def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
-    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty.
-
-    `study` must be freshly loaded (its trial cache not yet read): samplers read that cache."""
-    # one read fills the study's trial cache (which must know the trial) and lists the pool;
-    # the cache re-reads unfinished trials on its next read, so it sees the claim
+    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty."""
+    # one read brings the study's trial cache up to date (it must know the trial) and lists the
+    # pool; the cache re-reads unfinished trials on its next read, so it sees the claim. The
+    # sampler's per-trial snapshot of that cache is renewed by `study.tell` of the previous trial.
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
@@ -193,14 +193,17 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, 
         run.end(end.run_status or run_status_for(end.state.name), tags)
 
 
-def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) -> TrialOutcome | None:
+def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
+                   study: optuna.Study | None = None) -> TrialOutcome | None:
     """Claim a queued trial, run it, and close it in both stores with its true outcome.
 
+    `study`: the worker's Study object, kept from trial to trial, so that its trial cache reads
+    only the trials that changed since (a freshly loaded study reads every trial of the study).
     Returns None when no trial is queued. Ctrl-C, SIGTERM and fatal errors still close the trial
     (FAIL) and its run (KILLED or FAILED), then propagate.
     """
     started = time.monotonic()
-    study = handle.load()
+    study = study or handle.load()
     optuna.storages.fail_stale_trials(study)
     signals = SignalHold()
     signals.hold()
@@ -242,12 +245,12 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker) 
     if escaping is not None:
         raise escaping
     try:
-        best = study.best_trial
+        best = champion_trial(study)
     except ValueError:  # no complete trial yet
         best = None
     if best is not None and best.number == trial.number:
         tracker.log_best_so_far(handle.parent_run_id, handle.space.metric, best.value, trial.number)
-    return TrialOutcome(trial.number, state, value, seconds, reason, best)
+    return TrialOutcome(trial.number, state, primary_value(value), seconds, reason, best)
 
 
 def stop_if_done(handle: StudyHandle, tracker: Tracker) -> str | None:
@@ -288,18 +291,20 @@ def run_worker(
     With `linger` (lost trials are retried), an empty pool is not the end while trials still run
     elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
     done = 0
+    study = handle.load()
     gc.collect()
-    gc.freeze()  # libraries and data stay; the per-trial collection then only scans new objects
+    gc.freeze()  # libraries and data stay; collections then only scan new objects
     while deadline is None or time.monotonic() < deadline:
-        outcome = run_next_trial(handle, objective, tracker)
+        outcome = run_next_trial(handle, objective, tracker, study)
         if outcome is None:
-            running = handle.load().get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if linger and running:
                 time.sleep(handle.storage.get_heartbeat_interval() or 1)
                 continue
             break
         done += 1
         release_memory()
+        gc.freeze()  # what the trial left alive (modules it imported, caches) is never scanned again
         if report is not None:
             report(outcome)
         if stop_if_done(handle, tracker) is not None:

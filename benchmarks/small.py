@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,13 @@ runpy.run_module("automl", run_name="__main__", alter_sys=True)
 THREADS: list[str] = []  # --threads N for both sides (set by main); default: torch's own choice
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes that have ended so far: a steadier
+    measure than wall time on a machine that other jobs share."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_tool(space: Path, data_dir: Path, folder: Path, trials: int, seed: int = 0) -> dict:
     """`python -m automl search` in a fresh process; every output line time-stamped on arrival."""
     tracking, storage = fresh_stores(folder)
@@ -110,6 +118,7 @@ def run_tool(space: Path, data_dir: Path, folder: Path, trials: int, seed: int =
                "--study", "bench", "--tracking-uri", tracking, "--storage", storage, *THREADS]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     lines: list[tuple[float, str]] = []
+    cpu = _children_cpu()
     started = time.time()
     with subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as process:
@@ -119,7 +128,8 @@ def run_tool(space: Path, data_dir: Path, folder: Path, trials: int, seed: int =
     if process.returncode != 0:
         tail = "\n".join(text for _, text in lines[-30:])
         raise SystemExit(f"automl search exited {process.returncode}:\n{tail}")
-    return {"seconds": ended - started, **_timeline(started, ended, lines), "storage": storage}
+    return {"seconds": ended - started, "cpu_seconds": _children_cpu() - cpu, **_timeline(started, ended, lines),
+            "storage": storage}
 
 
 def _timeline(started: float, ended: float, lines: list[tuple[float, str]]) -> dict:
@@ -211,11 +221,12 @@ def run_bare(plan_path: Path, folder: Path) -> dict:
     """The bare loop in a fresh process, timed from its launch to its exit."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "bare.json"
+    cpu = _children_cpu()
     started = time.time()
     subprocess.run([sys.executable, __file__, "--bare", str(plan_path), str(out)], check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.time() - started
-    return {"seconds": seconds, **json.loads(out.read_text())}
+    return {"seconds": seconds, "cpu_seconds": _children_cpu() - cpu, **json.loads(out.read_text())}
 
 
 # --- pairs, interleaved --------------------------------------------------------------------------
@@ -230,14 +241,15 @@ def interleaved(label: str, tool: Callable[[int], dict], bare: Callable[[int], d
         if (i % 2 == 0) == (i // 2 % 2 == 0):
             tool_runs.append(tool(len(tool_runs)))
             r = tool_runs[-1]
-            print(f"  {label} tool run {len(tool_runs)}: {r['seconds']:6.1f} s  (first batch "
-                  f"{r['to_first_batch']:.2f} s, trials {r['trial_phase']:.1f} s, end {r['end_of_search']:.2f} s)",
-                  flush=True)
+            print(f"  {label} tool run {len(tool_runs)}: {r['seconds']:6.1f} s, CPU {r['cpu_seconds']:5.1f} s  "
+                  f"(first batch {r['to_first_batch']:.2f} s, trials {r['trial_phase']:.1f} s, "
+                  f"end {r['end_of_search']:.2f} s)", flush=True)
         else:
             bare_runs.append(bare(len(bare_runs)))
             r = bare_runs[-1]
-            print(f"  {label} bare run {len(bare_runs)}: {r['seconds']:6.1f} s  (start-up {r['start_up']:.2f} s, "
-                  f"training {r['training']:.1f} s, test {r['test_evaluation']:.2f} s)", flush=True)
+            print(f"  {label} bare run {len(bare_runs)}: {r['seconds']:6.1f} s, CPU {r['cpu_seconds']:5.1f} s  "
+                  f"(start-up {r['start_up']:.2f} s, training {r['training']:.1f} s, "
+                  f"test {r['test_evaluation']:.2f} s)", flush=True)
     return tool_runs, bare_runs
 
 
@@ -268,7 +280,8 @@ def compare(name: str, folder: Path, space: Path, data_dir: Path, trials: int, r
             "tool_min": {k: min(r[k] for r in tool_runs) for k in ("to_first_batch", "end_of_search", "trial_phase")},
             "bare_min": {k: min(r[k] for r in bare_runs) for k in ("start_up", "training", "test_evaluation")},
             "trials": len(plan["trials"]), "epochs": sum(t["epochs_run"] for t in plan["trials"]),
-            "ratio": min(r["seconds"] for r in tool_runs) / min(r["seconds"] for r in bare_runs)}
+            "ratio": min(r["seconds"] for r in tool_runs) / min(r["seconds"] for r in bare_runs),
+            "cpu_ratio": min(r["cpu_seconds"] for r in tool_runs) / min(r["cpu_seconds"] for r in bare_runs)}
 
 
 def overheads(folder: Path, data_dir: Path, trials: int, long_epochs: int, repeat: int) -> dict:
@@ -345,6 +358,7 @@ def print_table(results: dict) -> None:
         print(f"{'    tool, bare (fastest of ' + str(len(r['tool']['all_seconds'])) + ' each), s':<58}"
               f"{r['tool']['seconds']:>6.1f}{r['bare']['seconds']:>6.1f}  runs {r['tool']['all_seconds']} "
               f"{r['bare']['all_seconds']}")
+        print(f"{'    CPU time (user + system): tool / bare loop':<58}{r['cpu_ratio']:>11.3f}x")
         print(f"{'    command -> first trial first batch, s':<58}{r['tool_min']['to_first_batch']:>12.2f}  <= 1.5")
         extra = r["tool_min"]["end_of_search"] - r["bare_min"]["test_evaluation"]
         print(f"{'    end of search beyond test evaluation, s':<58}{extra:>12.2f}  <= 1.0")

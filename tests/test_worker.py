@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import optuna
+from optuna.trial import TrialState
 
 from automl import record, storage
 from automl.data import load_dataset
@@ -56,3 +57,25 @@ def test_claim_takes_each_waiting_trial_once(stores: Stores) -> None:
     third = claim_trial(optuna.load_study(study_name="w", storage=opened), opened)
     assert first is not None and second is not None and third is None
     assert first.number != second.number
+
+
+class _Watching(optuna.samplers.RandomSampler):
+    """Records, per trial, how many finished trials the sampler's view of the study holds: the
+    per-trial snapshot that TPE and the other model-based samplers read."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.seen: dict[int, int] = {}
+
+    def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        self.seen.setdefault(trial.number, len(study._get_trials(deepcopy=False, states=finished, use_cache=True)))
+        return super().sample_independent(study, trial, name, distribution)
+
+
+def test_a_worker_keeps_one_study_and_its_sampler_sees_every_finished_trial(stores: Stores) -> None:
+    space, data, opened, tracker, experiment, parent = _study(stores, 4)
+    sampler = _Watching()
+    handle = record.StudyHandle("w", opened, space, sampler, record.make_pruner(space), 0, experiment, parent)
+    assert run_worker(handle, Objective(space, data, 0), tracker) == 4
+    assert sampler.seen == {0: 0, 1: 1, 2: 2, 3: 3}
