@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import mlflow
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+import automl
 from automl.final import SeedScores, rank
 from automl.keys import RUN_ID
 from automl.selection import champion_trial, final_record, top_trials
@@ -73,7 +73,7 @@ def test_search_with_final_registers_the_robust_winner(stores, tmp_path, capsys)
     assert {a.path for a in client.list_artifacts(winner_run)} >= {FINAL_WEIGHTS_DIR}
     version = client.get_model_version_by_alias("robust", "champion")
     assert version.tags["trial"] == str(record["winner"]) and version.tags["final_seeds"] == "2"
-    assert mlflow.pytorch.load_model("models:/robust@champion") is not None
+    assert automl.load_best("robust", tracking_uri=stores.tracking_uri).metadata["trial"] == record["winner"]
 
     assert cli("search", "--space", space, *stores.flags()) == 0  # nothing left to run or retrain
     assert "final: training" not in capsys.readouterr().out
