@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,40 +130,6 @@ def _setup_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-PRELOAD_AFTER_SECONDS = 2.0
-
-
-class _Preload:
-    """Imports what the end of the search needs (torch.export's tracer for the pt2 model, Optuna's
-    plots, which the plot process forked at the end inherits) in a background thread while the
-    trials run: 2-4 s otherwise paid after the last trial. Started after the first trial of this
-    process that took PRELOAD_AFTER_SECONDS or more: trials that long spend their time in kernels
-    that release the interpreter lock (beside short, Python-bound trials the imports would only
-    take turns with the training), and the lazy imports of the trials (torch._dynamo with the
-    first optimizer, ...) are done by then, so the two threads never import one module at once.
-    Started at once when the trials run elsewhere."""
-
-    def __init__(self) -> None:
-        self.enabled = True
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.enabled and self.thread is None:
-            self.thread = threading.Thread(target=self._imports, name="automl-preload")
-            self.thread.start()
-
-    @staticmethod
-    def _imports() -> None:
-        with contextlib.suppress(Exception):  # only a head start: publishing imports them again
-            import optuna.importance  # noqa: F401
-            import optuna.visualization.matplotlib  # noqa: F401
-            import torch.export._trace  # noqa: F401
-
-    def wait(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-
 @dataclass
 class _Search:
     """A search under way: what the phases of `run_search` share."""
@@ -184,7 +149,6 @@ class _Search:
     tracker: Any = None
     handle: Any = None
     study: Any = None
-    preload: _Preload = field(default_factory=_Preload)
 
 
 def _check_numbers(request: SearchRequest) -> None:
@@ -314,23 +278,14 @@ def _run_trials(s: _Search, progress: Any, deadline: float | None) -> None:
         s.name, checks.absolute_sqlite(s.storage_url), checks.absolute_sqlite(s.tracking_uri), request.device,
         str(Path(request.data_dir).resolve()), False, s.timeout, request.heartbeat_interval,
         request.grace_period, request.retry_failed, request.threads, request.quiet)
-    if s.workers == 1 and len(s.gpus) <= 1 and request.launcher != "ray":
-        # torch.compile imports the compiler in the trials themselves: no preloading beside it
-        s.preload.enabled = not s.space.flags.get("compile")
-
-        def report(outcome: Any) -> None:
-            progress.trial(outcome)
-            if outcome.seconds >= PRELOAD_AFTER_SECONDS:
-                s.preload.start()
-
+    if request.launcher == "ray":
+        launch.run_ray_workers(run_worker, plan, s.workers)
+    elif s.workers == 1 and len(s.gpus) <= 1:
         objective = Objective(s.space, s.data.to(s.device), s.seed)
-        worker.run_worker(s.handle, objective, s.tracker, deadline, report, linger=request.retry_failed > 0)
-    else:
-        s.preload.start()  # this process only waits for its workers
-        if request.launcher == "ray":
-            launch.run_ray_workers(run_worker, plan, s.workers)
-        elif s.workers > 0:
-            launch.run_local_workers(plan, s.workers, s.gpus, s.handle, progress)
+        worker.run_worker(s.handle, objective, s.tracker, deadline, progress.trial,
+                          linger=request.retry_failed > 0)
+    elif s.workers > 0:
+        launch.run_local_workers(plan, s.workers, s.gpus, s.handle, progress)
     launch.wait_for_other_workers(s.handle, progress, deadline, include_queued=s.workers == 0)
 
 
@@ -352,6 +307,9 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         s = _prepare(request)
         _setup_threads(request.threads)
         _open_study(s, say)
+        from automl.plots import PlotJob
+
+        plots = PlotJob()  # its process imports the plotting libraries while the trials run
     deadline = time.monotonic() + s.timeout if s.timeout else None
     in_study = len(s.study.get_trials(deepcopy=False))
     progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
@@ -369,13 +327,12 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             progress.close()
         if stop is None or isinstance(stop, KeyboardInterrupt):  # after a failure nothing more is written
             try:
-                s.preload.wait()
                 with storage.budget_lock(s.storage_url, s.name):
                     if stop is None and s.space.final_seeds > 1:  # the seed-robust champion
                         from automl.final import run_final
 
                         run_final(s.handle.load(), s.space, s.data.to(s.device), s.tracker, s.seed, say)
-                    best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None)
+                    best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None, plots=plots)
                 result = _result(s, best)
                 _print_summary(s, result, best, say)
             except KeyboardInterrupt as e:
@@ -387,6 +344,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
                 stop = stop or FatalError(f"publishing the best model failed: {type(e).__name__}: {e}")
                 status = "FAILED" if status == "FINISHED" else status
     finally:
+        plots.cleanup()
         with _closing_errors(stop):
             why = {REASON_TAG: str(stop)[:5000]} if status == "FAILED" and stop is not None else None
             s.tracker.set_status(s.handle.parent_run_id, status, why)

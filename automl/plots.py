@@ -6,9 +6,12 @@ first metric."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import shutil
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -230,20 +233,34 @@ def plot_copy(study: optuna.Study) -> optuna.Study:
 
 
 class PlotJob:
-    """Draws a study's plots in a forked child process while the caller goes on (logging the
-    best model takes seconds too); inline where fork does not exist. The child gets an in-memory
-    copy of the finished trials, never the parent's database connections."""
+    """Draws a study's plots in a child process, forked when the job is made: made as the search
+    starts, the child imports matplotlib, plotly and Optuna's plotting and importance modules
+    (seconds: scikit-learn comes with them) while the trials run, then waits for `draw`. The child
+    gets an in-memory copy of the finished trials, never the parent's database connections, and
+    leaves Ctrl-C to the parent. Drawn inline where fork does not exist."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        snapshot = plot_copy(study)
+    def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="automl-plots-"))
-        self.process = None
+        self.process: Any = None
+        self.connection: Any = None
         if "fork" in multiprocessing.get_all_start_methods():
-            self.process = multiprocessing.get_context("fork").Process(
-                target=write_plots, args=(snapshot, self.folder), daemon=True)
+            context = multiprocessing.get_context("fork")
+            self.connection, child_end = context.Pipe()
+            self.process = context.Process(target=_serve, args=(child_end, self.folder, os.getpid()),
+                                           daemon=True, name="automl-plots")
             self.process.start()
-        else:
+            child_end.close()
+
+    def draw(self, study: optuna.Study) -> None:
+        """Draw the plots of the study's finished trials (in the child, when there is one)."""
+        snapshot = plot_copy(study)
+        if self.process is None:
             write_plots(snapshot, self.folder)
+            return
+        try:
+            self.connection.send(snapshot)
+        except (OSError, ValueError) as e:  # the child is gone
+            logger.warning("plots not drawn: the plotting process ended early (%s)", e)
 
     def result(self, timeout: float = 300) -> Path | None:
         """The folder of plot files once drawn (None if none could be drawn)."""
@@ -255,7 +272,45 @@ class PlotJob:
         return self.folder if any(self.folder.iterdir()) else None
 
     def cleanup(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
         if self.process is not None and self.process.is_alive():
             self.process.kill()
             self.process.join()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _serve(connection: Any, folder: Path, parent: int) -> None:
+    """The plotting child: import and warm up the plotting libraries, wait for the study's copy
+    (ending when the parent does), draw it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent ends us
+    with contextlib.suppress(Exception):  # only a head start: drawing imports them again
+        _warm_up()
+    while not connection.poll(1.0):
+        if os.getppid() != parent:
+            return
+    try:
+        study = connection.recv()
+    except (EOFError, OSError):
+        return
+    write_plots(study, folder)
+
+
+def _warm_up() -> None:
+    """Imports and first-use costs of the plots (fonts, importances), paid before they are needed."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.importance  # noqa: F401
+    import plotly.io  # noqa: F401
+
+    if not PLOTS:
+        _register()
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [0, 1], label="warm-up")
+    axes.legend()
+    figure.savefig(io.BytesIO(), format="png")
+    plt.close(figure)

@@ -42,13 +42,15 @@ class BestModel:
 
 def finalize(
     handle: StudyHandle, tracker: Tracker, data: Dataset, say: Callable[[str], None] = print,
-    interrupted: bool = False,
+    interrupted: bool = False, plots: PlotJob | None = None,
 ) -> BestModel | None:
     """Summarise the study on its parent run; log, register and crown the best model.
 
     Idempotent: the best model is logged and registered once per best trial, even when an earlier
     summary was interrupted half-way. Raises FatalError when trials finished and none completed
-    (nothing is logged or registered then), unless the search was `interrupted`.
+    (nothing is logged or registered then), unless the search was `interrupted`. `plots`: a
+    PlotJob made when the search started (its child has imported the plotting libraries while the
+    trials ran); by default one is made here. It is cleaned up here.
     """
     study = handle.load()
     totals = counts(study)
@@ -58,12 +60,15 @@ def finalize(
     table = trials_table(study)
     finished = totals["COMPLETE"] + totals["PRUNED"] + totals["FAIL"]
     if totals["COMPLETE"] == 0:
+        if plots is not None:
+            plots.cleanup()
         tracker.log_summary(handle.parent_run_id, {}, summary_metrics, count_tags, table)
         if finished and not interrupted:
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
-    plots = PlotJob(study)  # drawn in a child process while the best model is logged
+    plots = plots or PlotJob()
+    plots.draw(study)  # in a child process while the best model is logged
     try:
         best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
         folder = plots.result()
