@@ -67,6 +67,8 @@ def _target(study: optuna.Study) -> dict[str, Any]:
 
 
 def _top_params(study: optuna.Study) -> list[str] | None:
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return None  # nothing to rank yet (Optuna would log a warning per parameter)
     target = {k: v for k, v in _target(study).items() if k == "target"}
     try:
         with warnings.catch_warnings():

@@ -129,7 +129,7 @@ ACTIVATIONS: dict[str, str] = {
     "leaky_relu": "torch.nn.LeakyReLU",
     "elu": "torch.nn.ELU",
 }
-SCHEDULES = ("none", "cosine", "step")
+SCHEDULES = ("none", "cosine", "step", "one_cycle")
 
 # model family -> the dataset kinds it accepts; a user network ("builder") takes any
 FAMILIES: dict[str, tuple[str, ...]] = {"mlp": ("image", "tabular", "array"), "cnn": ("image", "array")}

@@ -83,14 +83,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                              **info.torch_kwargs(cfg.optimizer_options()), **_fast_kernels(cfg.optimizer, device))
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Stepped once per epoch."""
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of `fit` (a lone last sample is skipped)."""
+    return -(-n // batch_size) - (1 if n > 1 and n % batch_size == 1 else 0)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_train: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """The learning-rate schedule and whether it steps after every batch (`one_cycle`: warm up to
+    `lr`, then anneal, over all the epochs' batches) rather than after every epoch."""
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs), False
     if cfg.schedule == "step":
         milestones = sorted({max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    return None
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1), False
+    if cfg.schedule == "one_cycle":
+        total = cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total), True
+    return None, False
 
 
 def make_loss(
@@ -182,7 +193,7 @@ def fit(
     else:
         model = model.to(device)
     optimizer = make_optimizer(model, cfg)
-    schedule = make_schedule(optimizer, cfg)
+    schedule, per_batch = make_schedule(optimizer, cfg, len(y))
     loss_fn = make_loss(cfg, data.n_outputs, data.target_mean, data.target_std)
     forward = torch.compile(model) if cfg.compile else model
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -206,9 +217,11 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_batch:
+                schedule.step()  # type: ignore[union-attr]
             total += loss.detach().float() * len(idx)
             seen += len(idx)
-        if schedule is not None:
+        if schedule is not None and not per_batch:
             schedule.step()
         train_loss = float(total) / seen  # the one host sync of the epoch
         if not math.isfinite(train_loss):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from automl.config import ModelConfig, TrainConfig
-from automl.data import load_dataset
+from automl.data import Split, load_dataset
 from automl.errors import UsageError
 from automl.model import build_model
-from automl.train import NonFiniteLoss, evaluate, fit, random_crop_flip, resolve_device
+from automl.train import NonFiniteLoss, evaluate, fit, make_optimizer, make_schedule, random_crop_flip, resolve_device
+from automl.train import steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,39 @@ def test_training_learns_digits(digits) -> None:
 
 
 @pytest.mark.parametrize("optimizer,loss,schedule", [
-    ("sgd", "mse", "step"), ("adamw", "label_smoothing", "cosine"), ("rmsprop", "cross_entropy", "none")])
+    ("sgd", "mse", "step"), ("adamw", "label_smoothing", "cosine"), ("rmsprop", "cross_entropy", "none"),
+    ("adam", "cross_entropy", "one_cycle")])
 def test_every_optimizer_and_loss_trains(digits, optimizer: str, loss: str, schedule: str) -> None:
     cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-2 if optimizer == "sgd" else 2e-3, optimizer=optimizer,
                       momentum=0.9, nesterov=optimizer == "sgd", loss=loss, label_smoothing=0.1,
                       schedule=schedule)
     assert fit(_model(digits), digits, cfg).metrics["val_accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 66, 1000])
+def test_one_cycle_spans_every_batch_of_every_epoch(n: int) -> None:
+    """One-cycle steps per batch: it warms up to `lr`, ends near zero, and is never stepped past
+    its last step (OneCycleLR raises then), whatever the last batch holds."""
+    data = load_dataset("digits", seed=0)
+    x, y = data.train.x[:n], data.train.y[:n]
+    steps = sum(1 for start in range(0, n, 64) if not (n - start < 2 and start > 0))
+    assert steps_per_epoch(n, 64) == steps
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.01, schedule="one_cycle")
+    model = _model(data)
+    optimizer = make_optimizer(model, cfg)
+    schedule, per_batch = make_schedule(optimizer, cfg, n)
+    assert per_batch
+    lrs = []
+    for _ in range(3 * steps):  # the rate each optimizer step uses
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert max(lrs) <= 0.01 * (1 + 1e-6)
+    if 3 * steps >= 30:  # enough steps for the shape: warm up to the peak, then anneal
+        assert lrs[0] < 0.001 and max(lrs) == pytest.approx(0.01, rel=0.05) and lrs[-1] < 0.001
+    small = dataclasses.replace(data, train=Split(x, y))
+    result = fit(_model(small), small, cfg)  # the whole schedule runs without stepping too far
+    assert len(result.history) == 3
 
 
 def test_same_seed_same_result(digits) -> None:
