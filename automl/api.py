@@ -329,9 +329,14 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             try:
                 with storage.budget_lock(s.storage_url, s.name):
                     if stop is None and s.space.final_seeds > 1:  # the seed-robust champion
-                        from automl.final import run_final
+                        from automl.final import FinalProcesses, run_final
 
-                        run_final(s.handle.load(), s.space, s.data.to(s.device), s.tracker, s.seed, say)
+                        spread = None  # the retraining spread over processes, as the trials were
+                        if s.workers > 1 and request.launcher == "local" and request.data is None:
+                            spread = FinalProcesses(s.workers, _load_data, request.data_dir, str(s.device),
+                                                    request.threads, tuple(s.gpus))
+                        run_final(s.handle.load(), s.space, s.data if spread else s.data.to(s.device), s.tracker,
+                                  s.seed, say, spread)
                     best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None, plots=plots)
                 result = _result(s, best)
                 _print_summary(s, result, best, say)
