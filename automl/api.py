@@ -298,7 +298,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     with _collector_paused():
         from automl import storage
         from automl.progress import Progress
-        from automl.publish import finalize
+        from automl.publish import finalize, log_plots
         from automl.record import queued_total
         from automl.storage import quiet_optuna
         from automl.tracking import REASON_TAG
@@ -339,7 +339,8 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
                                   s.seed, say, spread)
                     best = finalize(s.handle, s.tracker, s.data, say, interrupted=stop is not None, plots=plots)
                 result = _result(s, best)
-                _print_summary(s, result, best, say)
+                _print_summary(s, result, best, say)  # as soon as the model is registered
+                log_plots(s.handle, s.tracker, plots)
             except KeyboardInterrupt as e:
                 stop, status = stop or e, "KILLED"
             except FatalError as e:

@@ -245,6 +245,7 @@ class PlotJob:
         self.folder = Path(tempfile.mkdtemp(prefix="automl-plots-"))
         self.process: Any = None
         self.connection: Any = None
+        self.drawing = False  # a study was given to `draw`
         if "fork" in multiprocessing.get_all_start_methods():
             context = multiprocessing.get_context("fork")
             self.connection, child_end = context.Pipe()
@@ -256,6 +257,7 @@ class PlotJob:
     def draw(self, study: optuna.Study) -> None:
         """Draw the plots of the study's finished trials (in the child, when there is one)."""
         snapshot = plot_copy(study)
+        self.drawing = True
         if self.process is None:
             write_plots(snapshot, self.folder)
             return
@@ -265,13 +267,15 @@ class PlotJob:
             logger.warning("plots not drawn: the plotting process ended early (%s)", e)
 
     def result(self, timeout: float = 300) -> Path | None:
-        """The folder of plot files once drawn (None if none could be drawn)."""
+        """The folder of plot files once drawn (None if none could be drawn, or none asked for)."""
+        if not self.drawing:
+            return None
         if self.process is not None:
             self.process.join(timeout)
             if self.process.is_alive():
                 self.process.kill()
                 logger.warning("plots not drawn within %s s", timeout)
-        return self.folder if any(self.folder.iterdir()) else None
+        return self.folder if self.folder.is_dir() and any(self.folder.iterdir()) else None
 
     def cleanup(self) -> None:
         if self.connection is not None:
@@ -286,6 +290,7 @@ def _serve(connection: Any, folder: Path, parent: int) -> None:
     """The plotting child: import and warm up the plotting libraries, wait for the study's copy
     (ending when the parent does), draw it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent ends us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the search's handler: just end
     with contextlib.suppress(Exception):  # only a head start: drawing imports them again
         _warm_up()
     while not connection.poll(1.0):

@@ -49,8 +49,9 @@ def finalize(
     Idempotent: the best model is logged and registered once per best trial, even when an earlier
     summary was interrupted half-way. Raises FatalError when trials finished and none completed
     (nothing is logged or registered then), unless the search was `interrupted`. `plots`: a
-    PlotJob made when the search started (its child has imported the plotting libraries while the
-    trials ran); by default one is made here. It is cleaned up here.
+    PlotJob made when the search started (its process has imported the plotting libraries while
+    the trials ran): it is given the study to draw, and the caller logs them with `log_plots` once
+    it has shown the summary. Without it, the plots are drawn and logged here.
     """
     study = handle.load()
     totals = counts(study)
@@ -67,14 +68,30 @@ def finalize(
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
-    plots = plots or PlotJob()
-    plots.draw(study)  # in a child process while the best model is logged
+    if plots is None:  # drawn and logged here
+        plots = PlotJob()
+        try:
+            plots.draw(study)
+            best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
+            log_plots(handle, tracker, plots)
+            return best
+        finally:
+            plots.cleanup()
+    plots.draw(study)  # in the plotting process while the best model is logged
     try:
-        best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
+        return _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
+    except BaseException:
+        plots.cleanup()
+        raise
+
+
+def log_plots(handle: StudyHandle, tracker: Tracker, plots: PlotJob) -> None:
+    """Wait for the study's plots (`finalize` started drawing them) and log them on the study
+    run under `plots/`; nothing when none were drawn."""
+    try:
         folder = plots.result()
         if folder is not None:
             tracker.log_folder(handle.parent_run_id, folder, "plots")
-        return best
     finally:
         plots.cleanup()
 

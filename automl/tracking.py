@@ -479,7 +479,7 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             if weights is None:
                 weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
-            with self._fluent_uris():
+            with self._fluent_uris(), _no_requirement_check():
                 model_uri, model_format = log_served_model(run_id, model, weights, example, logged.model_id)
         self.client.set_tag(run_id, FORMAT_KEY, model_format)
         model_id = logged.model_id
@@ -538,6 +538,22 @@ class Tracker:
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
             max_results=50000,
         )
+
+
+@contextlib.contextmanager
+def _no_requirement_check() -> Iterator[None]:
+    """Skip MLflow's check that the running environment satisfies the model's requirements while
+    the model is saved: they are this environment's own versions, and the check maps every module
+    of every installed package first (`importlib.metadata.packages_distributions`: 1 to 4 s in a
+    large environment, the largest part of the end of a small search)."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
 
 
 def run_status_for(state: str) -> str:

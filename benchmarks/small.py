@@ -143,8 +143,9 @@ def _timeline(started: float, ended: float, lines: list[tuple[float, str]]) -> d
                                w[:-1].replace(".", "", 1).isdigit())[:-1])
     first_start = trial_lines[0][0] - first_seconds
     last_end = trial_lines[-1][0]
+    summary = next((t for t, text in lines if text.startswith("  view: ")), ended)  # its last line
     return {"to_first_batch": first_batch - started, "trial_phase": last_end - first_start,
-            "end_of_search": ended - last_end, "trials_run": len(trial_lines)}
+            "end_of_search": ended - last_end, "to_summary": summary - last_end, "trials_run": len(trial_lines)}
 
 
 # --- the same trials, by a bare loop -------------------------------------------------------------
@@ -182,11 +183,25 @@ def bare_child(plan_path: Path, out_path: Path) -> None:
     started = time.perf_counter()
     import torch
 
+    import automl.train as train
     from automl.config import ModelConfig, TrainConfig
     from automl.data import load_dataset
     from automl.model import build_model
     from automl.train import evaluate, fit
 
+    first_batch: list[float] = []
+    make_loss = train.make_loss
+
+    def noting_make_loss(*args: object, **kwargs: object) -> Callable:
+        loss = make_loss(*args, **kwargs)  # type: ignore[arg-type]
+
+        def first(*a: object, **k: object) -> object:
+            if not first_batch:
+                first_batch.append(time.time())
+            return loss(*a, **k)
+        return first
+
+    train.make_loss = noting_make_loss  # `fit` looks it up in its module at each call
     plan = json.loads(plan_path.read_text())
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])
@@ -214,7 +229,7 @@ def bare_child(plan_path: Path, out_path: Path) -> None:
             test_seconds = time.perf_counter() - mark
     done = time.perf_counter()
     out_path.write_text(json.dumps({"start_up": ready - started, "training": done - ready - test_seconds,
-                                    "test_evaluation": test_seconds}))
+                                    "test_evaluation": test_seconds, "first_batch_at": first_batch[0]}))
 
 
 def run_bare(plan_path: Path, folder: Path) -> dict:
@@ -226,7 +241,9 @@ def run_bare(plan_path: Path, folder: Path) -> dict:
     subprocess.run([sys.executable, __file__, "--bare", str(plan_path), str(out)], check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.time() - started
-    return {"seconds": seconds, "cpu_seconds": _children_cpu() - cpu, **json.loads(out.read_text())}
+    result = json.loads(out.read_text())
+    return {"seconds": seconds, "cpu_seconds": _children_cpu() - cpu,
+            "to_first_batch": result.pop("first_batch_at") - started, **result}
 
 
 # --- pairs, interleaved --------------------------------------------------------------------------
@@ -243,12 +260,13 @@ def interleaved(label: str, tool: Callable[[int], dict], bare: Callable[[int], d
             r = tool_runs[-1]
             print(f"  {label} tool run {len(tool_runs)}: {r['seconds']:6.1f} s, CPU {r['cpu_seconds']:5.1f} s  "
                   f"(first batch {r['to_first_batch']:.2f} s, trials {r['trial_phase']:.1f} s, "
-                  f"end {r['end_of_search']:.2f} s)", flush=True)
+                  f"summary {r['to_summary']:.2f} s, end {r['end_of_search']:.2f} s)", flush=True)
         else:
             bare_runs.append(bare(len(bare_runs)))
             r = bare_runs[-1]
             print(f"  {label} bare run {len(bare_runs)}: {r['seconds']:6.1f} s, CPU {r['cpu_seconds']:5.1f} s  "
-                  f"(start-up {r['start_up']:.2f} s, training {r['training']:.1f} s, "
+                  f"(start-up {r['start_up']:.2f} s, first batch {r['to_first_batch']:.2f} s, "
+                  f"training {r['training']:.1f} s, "
                   f"test {r['test_evaluation']:.2f} s)", flush=True)
     return tool_runs, bare_runs
 
@@ -277,8 +295,10 @@ def compare(name: str, folder: Path, space: Path, data_dir: Path, trials: int, r
     plan = json.loads(plan_path.read_text())
     return {"tool": fastest(tool_runs), "bare": fastest(bare_runs),
             # each part's fastest run (interference only ever slows a run down)
-            "tool_min": {k: min(r[k] for r in tool_runs) for k in ("to_first_batch", "end_of_search", "trial_phase")},
-            "bare_min": {k: min(r[k] for r in bare_runs) for k in ("start_up", "training", "test_evaluation")},
+            "tool_min": {k: min(r[k] for r in tool_runs)
+                         for k in ("to_first_batch", "end_of_search", "to_summary", "trial_phase")},
+            "bare_min": {k: min(r[k] for r in bare_runs)
+                         for k in ("start_up", "to_first_batch", "training", "test_evaluation")},
             "trials": len(plan["trials"]), "epochs": sum(t["epochs_run"] for t in plan["trials"]),
             "ratio": min(r["seconds"] for r in tool_runs) / min(r["seconds"] for r in bare_runs),
             "cpu_ratio": min(r["cpu_seconds"] for r in tool_runs) / min(r["cpu_seconds"] for r in bare_runs)}
@@ -360,8 +380,10 @@ def print_table(results: dict) -> None:
               f"{r['bare']['all_seconds']}")
         print(f"{'    CPU time (user + system): tool / bare loop':<58}{r['cpu_ratio']:>11.3f}x")
         print(f"{'    command -> first trial first batch, s':<58}{r['tool_min']['to_first_batch']:>12.2f}  <= 1.5")
-        extra = r["tool_min"]["end_of_search"] - r["bare_min"]["test_evaluation"]
-        print(f"{'    end of search beyond test evaluation, s':<58}{extra:>12.2f}  <= 1.0")
+        print(f"{'    the bare loop: launch -> first batch, s':<58}{r['bare_min']['to_first_batch']:>12.2f}")
+        extra = r["tool_min"]["to_summary"] - r["bare_min"]["test_evaluation"]
+        print(f"{'    end of search to the summary, beyond test evaluation, s':<58}{extra:>12.2f}  <= 1.0")
+        print(f"{'    end of search to the exit (plots logged), s':<58}{r['tool_min']['end_of_search']:>12.2f}")
     if "C" in results:
         c = results["C"]
         print(f"{'(C) per trial beyond training, ms':<58}{1000 * c['per_trial_seconds']:>12.1f}  <= 20")

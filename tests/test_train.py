@@ -11,8 +11,16 @@ from automl.config import ModelConfig, TrainConfig
 from automl.data import Split, load_dataset
 from automl.errors import UsageError
 from automl.model import build_model
-from automl.train import NonFiniteLoss, evaluate, fit, make_optimizer, make_schedule, random_crop_flip, resolve_device
-from automl.train import steps_per_epoch
+from automl.train import (
+    NonFiniteLoss,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_schedule,
+    random_crop_flip,
+    resolve_device,
+    steps_per_epoch,
+)
 
 
 @pytest.fixture(scope="module")
