@@ -133,8 +133,9 @@ def compare_studies(studies: Sequence[str], storage: str | None = None,
     table = pd.DataFrame([summary_row(s, curves[s.study_name]) for s in loaded])
     table["best_trial"] = table["best_trial"].astype("Int64")
     metric, direction = objectives[names[0]]
-    curves = {name: _extended(curve, row) for (name, curve), row in zip(curves.items(), table.to_dict("records"),
-                                                                        strict=True)}
+    last = {s.study_name: _last_started(s) for s in loaded}
+    curves = {name: _extended(curve, row, last[name])
+              for (name, curve), row in zip(curves.items(), table.to_dict("records"), strict=True)}
     for path in paths:
         if path.suffix.lower() == ".html":
             write_html(curves, metric, direction, path)
@@ -144,12 +145,17 @@ def compare_studies(studies: Sequence[str], storage: str | None = None,
     return table
 
 
-def _extended(curve: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
-    """The curve with a last point (no value of its own) at the study's last trial and total time,
-    so each best-so-far line runs to the end of its study."""
+def _last_started(study: optuna.Study) -> int:
+    """The number of the study's last trial that started (queued trials never run are left out)."""
+    return max((t.number for t in study.get_trials(deepcopy=False) if t.datetime_start is not None), default=0)
+
+
+def _extended(curve: pd.DataFrame, row: dict[str, Any], last: int) -> pd.DataFrame:
+    """The curve with a last point (no value of its own) at the study's last started trial `last`
+    and total time, so each best-so-far line runs to the end of its study."""
     if curve.empty:
         return curve
-    end = {"number": row["trials"] - 1, "seconds": max(row["total_s"] or 0.0, curve["seconds"].max()),
+    end = {"number": max(last, int(curve["number"].max())), "seconds": max(row["total_s"] or 0.0, curve["seconds"].max()),
            "value": float("nan"), "best_by_number": curve["best_by_number"].iloc[-1],
            "best_by_time": curve.sort_values(["seconds", "number"])["best_by_time"].iloc[-1]}
     return pd.concat([curve, pd.DataFrame([end])], ignore_index=True)

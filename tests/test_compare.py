@@ -146,3 +146,19 @@ def test_parallel_trials_order_by_number_and_by_time_differ(tmp_path: Path) -> N
     row = compare_studies(["par"], storage=f"sqlite:///{tmp_path / 'o.db'}").iloc[0]
     assert (row["complete"], row["pruned"], row["failed"], row["trials"]) == (3, 1, 1, 6)
     assert (row["best_value"], row["best_trial"], row["time_to_best_s"], row["total_s"]) == (0.4, 3, 40.0, 40.0)
+
+
+def test_curves_end_at_the_last_trial_that_ran_not_at_the_queue() -> None:
+    """A search stopped by its timeout leaves queued trials; the lines end at the last trial run."""
+    from automl.compare import _extended, _last_started, best_so_far, summary_row
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.7, 0.6):
+        study.optimize(lambda trial, v=value: v + 0 * trial.suggest_float("x", 0, 1), n_trials=1)
+    for _ in range(5):
+        study.enqueue_trial({"x": 0.5})
+    assert len(study.trials) == 8 and _last_started(study) == 2
+    curve = best_so_far(study)
+    extended = _extended(curve, summary_row(study, curve), _last_started(study))
+    assert extended["number"].tolist() == [0, 1, 2, 2]
+    assert extended["best_by_number"].iloc[-1] == 0.7
