@@ -155,7 +155,8 @@ def _extended(curve: pd.DataFrame, row: dict[str, Any], last: int) -> pd.DataFra
     and total time, so each best-so-far line runs to the end of its study."""
     if curve.empty:
         return curve
-    end = {"number": max(last, int(curve["number"].max())), "seconds": max(row["total_s"] or 0.0, curve["seconds"].max()),
+    end = {"number": max(last, int(curve["number"].max())),
+           "seconds": max(row["total_s"] or 0.0, curve["seconds"].max()),
            "value": float("nan"), "best_by_number": curve["best_by_number"].iloc[-1],
            "best_by_time": curve.sort_values(["seconds", "number"])["best_by_time"].iloc[-1]}
     return pd.concat([curve, pd.DataFrame([end])], ignore_index=True)
