@@ -308,8 +308,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         _setup_threads(request.threads)
         _open_study(s, say)
         from automl.plots import PlotJob
-
-        plots = PlotJob()  # its process imports the plotting libraries while the trials run
+    plots: PlotJob | None = None
     deadline = time.monotonic() + s.timeout if s.timeout else None
     in_study = len(s.study.get_trials(deepcopy=False))
     progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
@@ -318,6 +317,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     best = result = None
     try:
         try:
+            plots = PlotJob()  # its process imports the plotting libraries while the trials run
             _run_trials(s, progress, deadline)
         except KeyboardInterrupt as e:
             stop, status = e, "KILLED"
@@ -350,7 +350,8 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
                 stop = stop or FatalError(f"publishing the best model failed: {type(e).__name__}: {e}")
                 status = "FAILED" if status == "FINISHED" else status
     finally:
-        plots.cleanup()
+        if plots is not None:
+            plots.cleanup()
         with _closing_errors(stop):
             why = {REASON_TAG: str(stop)[:5000]} if status == "FAILED" and stop is not None else None
             s.tracker.set_status(s.handle.parent_run_id, status, why)

@@ -7,6 +7,7 @@ first metric."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -249,9 +250,14 @@ class PlotJob:
         if "fork" in multiprocessing.get_all_start_methods():
             context = multiprocessing.get_context("fork")
             self.connection, child_end = context.Pipe()
-            self.process = context.Process(target=_serve, args=(child_end, self.folder, os.getpid()),
-                                           daemon=True, name="automl-plots")
-            self.process.start()
+            try:
+                self.process = context.Process(target=_serve, args=(child_end, self.folder, os.getpid()),
+                                               daemon=True, name="automl-plots")
+                self.process.start()
+            except (OSError, AssertionError, ValueError) as e:  # e.g. inside a daemonic process
+                logger.info("plots drawn in this process: %s", e)
+                self.process = None
+                self.connection.close()
             child_end.close()
 
     def draw(self, study: optuna.Study) -> None:
@@ -291,6 +297,7 @@ def _serve(connection: Any, folder: Path, parent: int) -> None:
     (ending when the parent does), draw it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent ends us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the search's handler: just end
+    gc.enable()  # forked while the search's start-up had the collector paused
     with contextlib.suppress(Exception):  # only a head start: drawing imports them again
         _warm_up()
     while not connection.poll(1.0):

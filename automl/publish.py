@@ -85,9 +85,11 @@ def finalize(
         raise
 
 
-def log_plots(handle: StudyHandle, tracker: Tracker, plots: PlotJob) -> None:
+def log_plots(handle: StudyHandle, tracker: Tracker, plots: PlotJob | None) -> None:
     """Wait for the study's plots (`finalize` started drawing them) and log them on the study
     run under `plots/`; nothing when none were drawn."""
+    if plots is None:  # `finalize` made, drew and logged its own
+        return
     try:
         folder = plots.result()
         if folder is not None:

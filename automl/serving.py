@@ -338,11 +338,13 @@ def save_model(
     mlflow_model.signature = ModelSignature(inputs=None, outputs=output_schema(preprocessing))
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), FORMAT_KEY: model_format}
     mlflow_model.save(str(Path(path) / "MLmodel"))
-    # the saved model should answer its example as a served one would (MLflow's own check, off in
-    # `log_served_model`, first maps every module of every installed package to its distribution:
-    # seconds); like MLflow's, a failure is a warning
+    # the saved model should load as MLflow serves it and answer its example (MLflow's own check,
+    # off in `log_served_model`, first maps every module of every installed package to its
+    # distribution: seconds); like MLflow's, a failure is a warning
     try:
-        _load_pyfunc(str(Path(path) / MODEL_DIR)).predict(example)
+        from mlflow.pyfunc import load_model
+
+        load_model(path, suppress_warnings=True).predict(example)
     except Exception as e:
         _logger.warning("the saved model does not answer its input example: %s", _first_line(e))
 

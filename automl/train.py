@@ -85,7 +85,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps in one epoch of `fit` (a lone last sample is skipped)."""
-    return -(-n // batch_size) - (1 if n > 1 and n % batch_size == 1 else 0)
+    return -(-n // batch_size) - (1 if n > 1 and batch_size > 1 and n % batch_size == 1 else 0)
 
 
 def make_schedule(
@@ -100,7 +100,9 @@ def make_schedule(
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1), False
     if cfg.schedule == "one_cycle":
         total = cfg.epochs * steps_per_epoch(n_train, cfg.batch_size)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total), True
+        # the searched momentum / betas stay as sampled (OneCycleLR would cycle them)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   cycle_momentum=False), True
     return None, False
 
 
@@ -207,7 +209,7 @@ def fit(
         seen = 0
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            if len(idx) < 2 and start > 0:
+            if len(idx) < 2 and start > 0 and cfg.batch_size > 1:
                 break  # a lone last sample breaks batch norm and adds nothing
             xb, yb = x[idx], y[idx]
             if cfg.augment:

@@ -169,7 +169,7 @@ def run_conventional(space_path: Path, data_dir: Path, folder: Path, trials: int
         torch.manual_seed(seed + trial.number)
         model = build_model(model_cfg)  # inputs arrive normalised: its own statistics stay 0/1
         optimizer = make_optimizer(model, train_cfg)
-        schedule = make_schedule(optimizer, train_cfg)
+        schedule, per_batch = make_schedule(optimizer, train_cfg, len(train_set))
         loader = DataLoader(train_set, batch_size=train_cfg.batch_size, shuffle=True)
         val_loader = DataLoader(val_set, batch_size=1024)
         accuracy = 0.0
@@ -180,7 +180,9 @@ def run_conventional(space_path: Path, data_dir: Path, folder: Path, trials: int
                 loss = F.cross_entropy(model(xb), yb)
                 loss.backward()
                 optimizer.step()
-            if schedule is not None:
+                if per_batch:
+                    schedule.step()
+            if schedule is not None and not per_batch:
                 schedule.step()
             model.eval()
             correct = 0

@@ -137,3 +137,34 @@ def test_torch_compile_option_trains(digits) -> None:
     """`training.compile: true` (off by default: compiling costs more than short trials save)."""
     result = fit(_model(digits), digits, TrainConfig(epochs=2, batch_size=64, lr=3e-3, compile=True))
     assert result.metrics["val_accuracy"] > 0.8
+
+
+def test_one_cycle_keeps_the_searched_momentum_and_batch_size_one_trains_every_sample(monkeypatch) -> None:
+    """One-cycle cycles the learning rate only (momentum / beta1 stay as sampled); with a batch
+    size of 1 every sample is a step, as `steps_per_epoch` counts."""
+    data = load_dataset("digits", seed=0)
+    small = dataclasses.replace(data, train=Split(data.train.x[:40], data.train.y[:40]))
+    for optimizer, key, sampled in (("sgd", "momentum", 0.5), ("adam", "betas", (0.6, 0.999))):
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, optimizer=optimizer, momentum=0.5, beta1=0.6,
+                          schedule="one_cycle")
+        model = _model(small)
+        opt = make_optimizer(model, cfg)
+        schedule, _ = make_schedule(opt, cfg, 40)
+        for _ in range(2 * steps_per_epoch(40, 8)):
+            opt.step()
+            schedule.step()
+        assert opt.param_groups[0][key] == pytest.approx(sampled)
+    assert steps_per_epoch(40, 1) == 40
+    import automl.train as train
+
+    batches = []
+    make_loss = train.make_loss
+
+    def counting(*args, **kwargs):
+        loss = make_loss(*args, **kwargs)
+        return lambda out, y: batches.append(len(y)) or loss(out, y)
+
+    monkeypatch.setattr(train, "make_loss", counting)
+    cfg = TrainConfig(epochs=1, batch_size=1, lr=0.01, schedule="one_cycle")
+    fit(_model(small), small, cfg)
+    assert batches == [1] * 40  # every sample, and OneCycleLR not stepped past its 40 steps
