@@ -23,15 +23,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,6 +44,7 @@ from automl.keys import FINAL_SEEDS, RUN_ID
 from automl.model import build_model
 from automl.registries import improves
 from automl.selection import final_record, final_winner, top_trials
+from automl.signals import signals_ignored
 from automl.space import SearchSpace, parse_space, suggest
 from automl.train import NonFiniteLoss, fit
 
@@ -246,7 +244,7 @@ def _train_in_processes(spread: FinalProcesses, space: SearchSpace, data: Datase
                                                   start_new_session=True))
             _wait(processes, Path(work))
         except BaseException:
-            with _ignored(signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not leave them running
+            with signals_ignored():  # a second Ctrl-C does not leave them running
                 for process in processes:
                     if process.poll() is None:
                         process.terminate()
@@ -289,20 +287,6 @@ def _import_path(function: Callable[..., Any]) -> str:
 def _imported(path: str) -> Any:
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name, None)
-
-
-@contextmanager
-def _ignored(*signums: int) -> Iterator[None]:
-    """`signums` ignored for a moment (signals are the main thread's: elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def retraining_process(work: str) -> None:

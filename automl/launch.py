@@ -6,13 +6,12 @@ passwords."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +24,7 @@ from automl.progress import Progress
 from automl.record import StudyHandle
 from automl.requests import WorkerRequest
 from automl.selection import champion_trial, primary_value
+from automl.signals import signals_ignored
 from automl.worker import TrialOutcome
 
 POLL_SECONDS = 1.0
@@ -40,17 +40,6 @@ def visible_gpus() -> list[str]:
     if visible:
         return [g.strip() for g in visible.split(",") if g.strip()]
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Ignore further Ctrl-C / SIGTERM while the workers close their trials."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run_local_workers(plan: WorkerRequest, workers: int, gpus: list[str], handle: StudyHandle,
@@ -76,7 +65,7 @@ def run_local_workers(plan: WorkerRequest, workers: int, gpus: list[str], handle
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt as e:
         forwarded = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-        with _signals_ignored():
+        with signals_ignored():
             for process in processes:
                 if process.poll() is None:
                     process.send_signal(forwarded)

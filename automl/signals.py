@@ -1,4 +1,5 @@
-"""Signals: SIGTERM raised like Ctrl-C, and holding both while a trial is opened or closed."""
+"""Signals: SIGTERM raised like Ctrl-C, holding both while a trial is opened or closed, and
+ignoring both while child processes are stopped."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored for a moment, e.g. while child processes are stopped and waited
+    for (a second Ctrl-C must not leave them running). Signals are the main thread's: elsewhere
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
