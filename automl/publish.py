@@ -68,21 +68,17 @@ def finalize(
             raise FatalError(f"all {finished} finished trial(s) of study {handle.name!r} failed or "
                              "were pruned; no best model was logged")
         return None
-    if plots is None:  # drawn and logged here
-        plots = PlotJob()
-        try:
-            plots.draw(study)
-            best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
-            log_plots(handle, tracker, plots)
-            return best
-        finally:
-            plots.cleanup()
-    plots.draw(study)  # in the plotting process while the best model is logged
+    own = plots is None  # then drawn and logged here
+    plots = plots or PlotJob()
     try:
-        return _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
+        plots.draw(study)  # in the plotting process while the best model is logged
+        best = _log_best(handle, tracker, data, study, summary_metrics, count_tags, table, say)
     except BaseException:
         plots.cleanup()
         raise
+    if own:
+        log_plots(handle, tracker, plots)
+    return best
 
 
 def log_plots(handle: StudyHandle, tracker: Tracker, plots: PlotJob | None) -> None:
