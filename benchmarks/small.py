@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import fresh_stores, write_mnist_like  # noqa: E402 - this folder's shared helpers
@@ -76,22 +77,36 @@ optimizer:
 training: {{batch_size: 256}}
 """
 
-# Runs inside the measured tool process: note the first batch (the first call of the training
-# loss), then run `python -m automl` unchanged.
+
+def note_first_batch(note: Callable[[float], None]) -> None:
+    """Call `note(time.time())` at the first training batch of this process: `automl.train.fit`
+    looks `make_loss` up in its module at each call, so the loss it makes is wrapped (nothing in
+    the tool is changed for the benchmark)."""
+    import automl.train as train
+
+    make_loss = train.make_loss
+    noted: list[bool] = []
+
+    def noting_make_loss(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+        loss = make_loss(*args, **kwargs)
+
+        def first(*a: Any, **k: Any) -> Any:
+            if not noted:
+                noted.append(True)
+                note(time.time())
+            return loss(*a, **k)
+        return first
+
+    train.make_loss = noting_make_loss
+
+
+# Runs inside the measured tool process: print the first batch's time, then run `python -m automl`
+# unchanged.
 TOOL_WRAPPER = f"""\
-import runpy, sys, time
-import automl.train as train
-make_loss = train.make_loss
-def noting_make_loss(*args, **kwargs):
-    loss = make_loss(*args, **kwargs)
-    def first(*a, **k):
-        if not noted:
-            noted.append(1)
-            print("{FIRST_BATCH}", repr(time.time()), flush=True)
-        return loss(*a, **k)
-    return first
-noted = []
-train.make_loss = noting_make_loss
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from small import note_first_batch
+note_first_batch(lambda at: print("{FIRST_BATCH}", repr(at), flush=True))
 sys.argv = ["automl", *sys.argv[1:]]
 runpy.run_module("automl", run_name="__main__", alter_sys=True)
 """
@@ -183,25 +198,13 @@ def bare_child(plan_path: Path, out_path: Path) -> None:
     started = time.perf_counter()
     import torch
 
-    import automl.train as train
     from automl.config import ModelConfig, TrainConfig
     from automl.data import load_dataset
     from automl.model import build_model
     from automl.train import evaluate, fit
 
     first_batch: list[float] = []
-    make_loss = train.make_loss
-
-    def noting_make_loss(*args: object, **kwargs: object) -> Callable:
-        loss = make_loss(*args, **kwargs)  # type: ignore[arg-type]
-
-        def first(*a: object, **k: object) -> object:
-            if not first_batch:
-                first_batch.append(time.time())
-            return loss(*a, **k)
-        return first
-
-    train.make_loss = noting_make_loss  # `fit` looks it up in its module at each call
+    note_first_batch(first_batch.append)
     plan = json.loads(plan_path.read_text())
     if plan.get("threads"):
         torch.set_num_threads(plan["threads"])
