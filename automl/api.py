@@ -450,7 +450,7 @@ def run_worker(request: WorkerRequest) -> int:
     progress = Progress(int(attrs.get(keys.BUDGET, 0)), 0, space.metric, request.quiet)
     try:
         return loop(handle, Objective(space, data.to(device), seed), Tracker(tracking_uri), deadline,
-                    progress.trial, linger=request.retry_failed > 0)
+                    progress.trial, linger=request.retry_failed > 0, record_in_child=request.record_in_child)
     finally:
         progress.close()
         opened.engine.dispose()

@@ -93,7 +93,9 @@ def run_ray_workers(run: Callable[[WorkerRequest], Any], plan: WorkerRequest, wo
         gpus_per_task = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(_ray_worker).options(num_gpus=gpus_per_task, num_cpus=plan.threads or 1,
                                                max_retries=0)
-        futures = [task.remote(run, replace(plan, worker_index=index)) for index in range(workers)]
+        # no recording child: forking a Ray worker (gRPC threads) is not safe
+        futures = [task.remote(run, replace(plan, worker_index=index, record_in_child=False))
+                   for index in range(workers)]
         try:
             codes = ray.get(futures)
         except KeyboardInterrupt:

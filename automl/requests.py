@@ -59,6 +59,7 @@ class WorkerRequest:
     threads: int | None = None
     quiet: bool = False
     worker_index: int = 0
+    record_in_child: bool = True  # trial runs written by a forked child (automl.recorder); not in Ray
 
     def argv(self) -> list[str]:
         """The `automl worker` command line (URLs go by `env`)."""

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -116,17 +117,18 @@ class TrialRun:
         (the first epoch's, when it ends FLUSH_SECONDS or more after the run opened)."""
         self._params.extend(_params(params))
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], stamp: int | None = None) -> None:
         """Record one epoch's metrics (with `step=epoch`). They are sent in one batched call at
         most every FLUSH_SECONDS, and at the end of the trial, so short epochs do not pay a store
         round trip each. To a tracking server the call goes from a background thread (training
         never waits on the network; `end` waits for it and raises its failure); a local store is
         written inline, since a busy second thread slows CPU training more (about 20% measured on
-        2 cores) than the write itself costs (about 15 ms)."""
-        stamp = _now_ms()
+        2 cores) than the write itself costs (about 15 ms). `stamp`: when the epoch ended (ms),
+        default now."""
+        stamp = stamp or _now_ms()
         self._buffer.extend(Metric(k, float(v), stamp, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self._flush()
+            self.flush()
 
     def _take(self) -> tuple[list[Param], list[Metric]]:
         params, metrics = self._params, self._buffer
@@ -134,7 +136,8 @@ class TrialRun:
         self._last_flush = time.monotonic()
         return params, metrics
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the buffered parameters and metrics now."""
         params, metrics = self._take()
         if params or metrics:
             self._submit(self._send, params, metrics)
@@ -160,10 +163,10 @@ class TrialRun:
             self.tracker.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
             params, metrics, tags = params[len(p):], metrics[len(m):], tags[len(t):]
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, float], stamp: int | None = None) -> None:
         """Summary metrics of the trial (no step), e.g. `best_val_accuracy`, `best_epoch`."""
         if metrics:
-            stamp = _now_ms()
+            stamp = stamp or _now_ms()
             self._buffer.extend(Metric(k, float(v), stamp, 0) for k, v in metrics.items())
 
     @_fatal("log the trial's weights")
@@ -196,7 +199,7 @@ class NullTrialRun:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], stamp: int | None = None) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -223,6 +226,15 @@ class Tracker:
         self._datasets: dict[str, list[DatasetInput]] = {}  # per study run: its dataset inputs
         if not remote:
             self._open_store()
+
+    def detach(self) -> None:
+        """In a forked child (`automl.recorder`): write inline, on connections of its own (the
+        pooled ones stay the parent's, as SQLAlchemy asks after a fork)."""
+        self.background = None
+        for name in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
+            store_class = getattr(sys.modules.get(name), "SqlAlchemyStore", None)
+            for engine in getattr(store_class, "_engine_map", {}).values():
+                engine.dispose(close=False)
 
     @_fatal("open the tracking store")
     def _open_store(self) -> None:
@@ -533,6 +545,15 @@ class Tracker:
         )
 
     @_fatal("list the trial runs")
+    @_fatal("find a trial's run")
+    def find_trial_run(self, experiment_id: str, parent_run_id: str, number: int) -> str | None:
+        """The id of trial `number`'s run under a study run, if there is one."""
+        found = self.client.search_runs(
+            [experiment_id], max_results=1,
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{number}'",
+        )
+        return found[0].info.run_id if found else None
+
     def trial_runs(self, parent_run_id: str, experiment_id: str) -> list[Any]:
         return self.client.search_runs(
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",

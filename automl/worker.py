@@ -4,7 +4,9 @@ its true outcome; sweep up after dead workers; hold signals while a trial is ope
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import math
 import os
 import socket
 import threading
@@ -18,13 +20,24 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl import checks
 from automl.errors import FatalError, Terminated, TrialFailed
-from automl.keys import FAIL_REASON, PRUNED_REASON, RUN_ID, SECONDS, STOP_REASON_TAG, TRACKING_URI, WORKER
+from automl.keys import (
+    EXPERIMENT_ID,
+    FAIL_REASON,
+    PARENT_RUN_ID,
+    PRUNED_REASON,
+    RUN_ID,
+    SECONDS,
+    STOP_REASON_TAG,
+    TRACKING_URI,
+    WORKER,
+)
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle
+from automl.recorder import RecordedRun, Recorder
 from automl.selection import champion_trial, primary_value
 from automl.signals import SignalHold
 from automl.stopping import should_stop, stop_search
-from automl.tracking import REASON_TAG, STATE_TAG, Tracker, TrackingError, TrialRun, run_status_for
+from automl.tracking import REASON_TAG, STATE_TAG, TRIAL_TAG, Tracker, TrackingError, TrialRun, run_status_for
 
 # --- sweeping up after dead workers ----------------------------------------------------------------
 
@@ -47,15 +60,22 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
         worker = trial.user_attrs.get(WORKER) or {}
         if worker.get("host") == host and not _process_alive(worker["pid"], worker.get("started")):
             reason = f"worker process {worker['pid']} on {host} died mid-trial"
+            # its run's id is recorded as a trial closes: this one's run is found by its number
+            run_id = trial.user_attrs.get(RUN_ID) or tracker.find_trial_run(experiment_id, parent_run_id,
+                                                                             trial.number)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if run_id:
+                    storage.set_trial_user_attr(trial._trial_id, RUN_ID, run_id)
                 storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
                 if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                     failed += 1
-    states = {t.user_attrs.get(RUN_ID): t for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    by_run = {t.user_attrs.get(RUN_ID): t for t in trials}
+    by_number = {str(t.number): t for t in trials}  # a trial's id is recorded on it as it closes
     for run in tracker.trial_runs(parent_run_id, experiment_id):
         if run.info.status != "RUNNING":
             continue
-        trial = states.get(run.info.run_id)
+        trial = by_run.get(run.info.run_id) or by_number.get(run.data.tags.get(TRIAL_TAG, ""))
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         reason = trial.user_attrs.get(FAIL_REASON, "the worker stopped before closing this run")
@@ -70,12 +90,14 @@ def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.St
     retry_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry else None
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(RUN_ID)
+        attrs = study.user_attrs
+        tracker = Tracker(checks.tracking_uri(tracking_uri, attrs.get(TRACKING_URI)))
+        run_id = trial.user_attrs.get(RUN_ID)  # recorded as the trial closes; else found by number
+        if not run_id and attrs.get(PARENT_RUN_ID):
+            run_id = tracker.find_trial_run(attrs[EXPERIMENT_ID], attrs[PARENT_RUN_ID], trial.number)
         if run_id:
-            Tracker(checks.tracking_uri(tracking_uri, study.user_attrs.get(TRACKING_URI))).set_status(
-                run_id, "FAILED",
-                {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"},
-            )
+            tracker.set_status(run_id, "FAILED",
+                               {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"})
         if retry_callback is not None:
             retry_callback(study, trial)
 
@@ -83,6 +105,12 @@ def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.St
 
 
 # --- the worker loop ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _started(pid: int) -> float:
+    """When process `pid` started: with the pid, it tells this process from a later one."""
+    return psutil.Process(pid).create_time()
+
 
 
 class Heartbeat:
@@ -145,14 +173,13 @@ RUN_NAMES = {TrialState.COMPLETE: "trial-{}", TrialState.PRUNED: "trial-{} (prun
              TrialState.FAIL: "trial-{} (failed)"}
 
 
-def _open_trial(handle: StudyHandle, trial: optuna.Trial, tracker: Tracker) -> TrialRun:
-    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run."""
-    storage = handle.storage
-    worker = {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
-    storage.set_trial_user_attr(trial._trial_id, WORKER, worker)
-    run = tracker.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
-    storage.set_trial_user_attr(trial._trial_id, RUN_ID, run.run_id)
-    return run
+def _open_trial(handle: StudyHandle, trial: optuna.Trial, runs: Tracker | Recorder) -> TrialRun | RecordedRun:
+    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run (its id
+    is recorded on the trial as it closes: a recording child creates the run meanwhile)."""
+    pid = os.getpid()
+    worker = {"host": socket.gethostname(), "pid": pid, "started": _started(pid)}
+    handle.storage.set_trial_user_attr(trial._trial_id, WORKER, worker)
+    return runs.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
 
 
 @dataclass
@@ -167,14 +194,22 @@ class _Ending:
     run_status: str | None  # the MLflow status when not the one of `state` (KILLED on an interrupt)
 
 
-def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, run: TrialRun | None,
-                 end: _Ending) -> None:
+def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial,
+                 run: TrialRun | RecordedRun | None, end: _Ending) -> None:
     """Close the trial in Optuna, then its run in MLflow, with the true outcome and its reason."""
     tags = {STATE_TAG: end.state.name, "automl.seconds": f"{end.seconds:.3f}",
             "mlflow.runName": RUN_NAMES[end.state].format(trial.number)}
     if end.reason:
         tags[REASON_TAG] = end.reason[:5000]
+    run_id, lost = None, None
+    if run is not None:
+        try:
+            run_id = run.run_id
+        except TrackingError as e:  # the run could not be created: the trial is closed all the same
+            lost = e
     try:
+        if run_id:
+            handle.storage.set_trial_user_attr(trial._trial_id, RUN_ID, run_id)
         attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(end.state)
         if attr:
             handle.storage.set_trial_user_attr(trial._trial_id, attr, end.reason)
@@ -185,6 +220,8 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, 
             with contextlib.suppress(Exception):
                 run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
         raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
+    if lost is not None:
+        raise lost
     if run is not None and isinstance(end.escaping, TrackingError):
         # e.g. only the artifact store failed: close the run while the database still answers
         with contextlib.suppress(Exception):
@@ -194,17 +231,21 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, 
 
 
 def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
-                   study: optuna.Study | None = None) -> TrialOutcome | None:
+                   study: optuna.Study | None = None, recorder: Recorder | None = None,
+                   check_stale: bool = True) -> TrialOutcome | None:
     """Claim a queued trial, run it, and close it in both stores with its true outcome.
 
     `study`: the worker's Study object, kept from trial to trial, so that its trial cache reads
     only the trials that changed since (a freshly loaded study reads every trial of the study).
+    `recorder`: the child process that writes the trial's run (default: written here).
+    `check_stale`: first fail the trials whose heartbeat has gone stale (with heartbeats on).
     Returns None when no trial is queued. Ctrl-C, SIGTERM and fatal errors still close the trial
     (FAIL) and its run (KILLED or FAILED), then propagate.
     """
     started = time.monotonic()
     study = study or handle.load()
-    optuna.storages.fail_stale_trials(study)
+    if check_stale:
+        optuna.storages.fail_stale_trials(study)
     signals = SignalHold()
     signals.hold()
     trial = claim_trial(study, handle.storage)
@@ -216,10 +257,10 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
     reason = ""
     escaping: BaseException | None = None
     run_status = None
-    run: TrialRun | None = None
+    run: TrialRun | RecordedRun | None = None
     with Heartbeat(storage, trial._trial_id):
         try:
-            run = _open_trial(handle, trial, tracker)
+            run = _open_trial(handle, trial, recorder or tracker)
             signals.release()  # a signal held since the claim is raised here
             value = objective(trial, run)
             state = TrialState.COMPLETE
@@ -284,9 +325,13 @@ def run_worker(
     deadline: float | None = None,
     report: ReportFn | None = None,
     linger: bool = False,
+    record_in_child: bool = True,
 ) -> int:
     """Claim and run trials until the pool is empty, a stopping rule fires (`stop_if_done`) or
     `deadline` (monotonic) passes.
+
+    With `record_in_child` the trials' MLflow runs are written by a child process
+    (`automl.recorder`; inline where none can be made), all of them by the time this returns.
 
     With `linger` (lost trials are retried), an empty pool is not the end while trials still run
     elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
@@ -294,19 +339,33 @@ def run_worker(
     study = handle.load()
     gc.collect()
     gc.freeze()  # libraries and data stay; collections then only scan new objects
-    while deadline is None or time.monotonic() < deadline:
-        outcome = run_next_trial(handle, objective, tracker, study)
-        if outcome is None:
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if linger and running:
-                time.sleep(handle.storage.get_heartbeat_interval() or 1)
-                continue
-            break
-        done += 1
-        release_memory()
-        gc.freeze()  # what the trial left alive (modules it imported, caches) is never scanned again
-        if report is not None:
-            report(outcome)
-        if stop_if_done(handle, tracker) is not None:
-            break  # the queue is closed: workers elsewhere find it empty
+    recorder = Recorder.start(tracker) if record_in_child else None
+    stale_checked = -math.inf
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            # stale heartbeats, looked for once per heartbeat interval (a trial takes milliseconds)
+            check_stale = time.monotonic() - stale_checked >= (handle.storage.get_heartbeat_interval() or 0)
+            if check_stale:
+                stale_checked = time.monotonic()
+            outcome = run_next_trial(handle, objective, tracker, study, recorder, check_stale)
+            if outcome is None:
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if linger and running:
+                    time.sleep(handle.storage.get_heartbeat_interval() or 1)
+                    continue
+                break
+            done += 1
+            release_memory()
+            gc.freeze()  # what the trial left alive (modules it imported, caches) is never scanned again
+            if report is not None:
+                report(outcome)
+            if stop_if_done(handle, tracker) is not None:
+                break  # the queue is closed: workers elsewhere find it empty
+    except BaseException:
+        if recorder is not None:
+            with contextlib.suppress(TrackingError):  # the error on its way says more
+                recorder.close()
+        raise
+    if recorder is not None:
+        recorder.close()  # every run written before the search goes on (best model, summary)
     return done

@@ -1,0 +1,147 @@
+"""The recording child (automl.recorder): trial runs written by another process, in order, with the
+same records as inline; its MLflow failures reach the training process as one TrackingError; what
+was sent before the training process is killed is still written; the sweep closes a run whose
+trial never learnt its id."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+
+from automl.recorder import Recorder
+from automl.tracking import STATE_TAG, TRIAL_TAG, Tracker, TrackingError
+from tests.conftest import ROOT, make_stores
+
+
+def _study_run(tracking_uri: str, name: str = "rec") -> tuple[Tracker, str, str]:
+    tracker = Tracker(tracking_uri)
+    experiment = tracker.experiment_id(name)
+    parent = tracker.start_study_run(experiment, name, {"dataset": "digits"}, "space: text",
+                                     data={"name": "digits", "digest": "abc", "source": "sklearn", "rows": 3})
+    return tracker, experiment, parent
+
+
+def test_a_trial_run_is_written_by_the_child_with_every_record(tmp_path: Path, mlflow_template: Path) -> None:
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, experiment, parent = _study_run(stores.tracking_uri)
+    recorder = Recorder.start(tracker)
+    assert recorder is not None and recorder.process.pid != os.getpid() and recorder.process.is_alive()
+    run = recorder.start_trial(experiment, parent, "rec", 7)
+    run.log_params({"lr": 0.01, "width": 32})
+    for epoch in (1, 2, 3):
+        run.log_epoch(epoch, {"val_accuracy": 0.5 + epoch / 10, "train_loss": 1.0 / epoch})
+    run.log_metrics({"best_val_accuracy": 0.8, "best_epoch": 3})
+    weights = tmp_path / "tmp" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "model.safetensors").write_bytes(b"not really weights")
+    run.log_weights(weights)
+    assert not weights.exists()  # handed over: the child removes its copy once logged
+    run.end("FINISHED", {STATE_TAG: "COMPLETE", "mlflow.runName": "trial-7"})
+    run_id = run.run_id
+    recorder.close()
+    assert not recorder.process.is_alive()
+
+    client = stores.client()
+    written = client.get_run(run_id)
+    assert written.info.status == "FINISHED" and written.info.run_name == "trial-7"
+    assert written.data.params == {"lr": "0.01", "width": "32"}
+    assert written.data.tags[TRIAL_TAG] == "7" and written.data.tags["mlflow.parentRunId"] == parent
+    assert written.data.metrics["best_val_accuracy"] == 0.8
+    history = client.get_metric_history(run_id, "val_accuracy")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.6), (2, 0.7), (3, 0.8)]
+    assert [d.dataset.name for d in written.inputs.dataset_inputs] == ["digits"]
+    assert [f.path for f in client.list_artifacts(run_id, "weights")] == ["weights/model.safetensors"]
+
+
+def test_a_failure_in_the_child_stops_the_training_process_with_its_message(
+        tmp_path: Path, mlflow_template: Path) -> None:
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, experiment, parent = _study_run(stores.tracking_uri)
+    recorder = Recorder.start(tracker)
+    assert recorder is not None
+    run = recorder.start_trial(experiment, parent, "rec", 0)
+    run.log_params({"lr": 0.01})
+    run.log_epoch(1, {"val_accuracy": 0.5})
+    run.log_params({"lr": 0.02})  # MLflow refuses to change a logged parameter
+    run.end("FINISHED", {})
+    with pytest.raises(TrackingError, match=r"MLflow tracking \(sqlite:///.*\) failed to log the trial's param"):
+        recorder.close()
+    assert not recorder.process.is_alive()
+    with pytest.raises(TrackingError, match="failed to log the trial's param"):  # every later record too
+        run.log_epoch(2, {"val_accuracy": 0.6})
+
+
+KILLED_PARENT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from automl.recorder import Recorder
+from automl.tracking import Tracker
+tracker = Tracker({uri!r})
+recorder = Recorder.start(tracker)
+run = recorder.start_trial({experiment!r}, {parent!r}, "rec", 3)
+run.log_params({{"lr": 0.5}})
+run.log_epoch(1, {{"val_accuracy": 0.25}})
+run.end("FINISHED", {{"automl.trial_state": "COMPLETE"}})
+open_run = recorder.start_trial({experiment!r}, {parent!r}, "rec", 4)  # still training when killed
+open_run.log_params({{"lr": 0.1}})
+open_run.log_epoch(1, {{"val_accuracy": 0.75}})
+recorder.messages.close()
+recorder.messages.join_thread()  # the records are in the pipe; then the process dies unannounced
+print(recorder.process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_was_sent_before_a_kill_is_still_written(tmp_path: Path, mlflow_template: Path) -> None:
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, experiment, parent = _study_run(stores.tracking_uri)
+    script = KILLED_PARENT.format(root=str(ROOT), uri=stores.tracking_uri, experiment=experiment, parent=parent)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the child writes what it was sent, then ends by itself
+        try:
+            if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the recording child outlived its parent")
+    runs = {r.data.tags[TRIAL_TAG]: r for r in tracker.trial_runs(parent, experiment)}
+    assert runs["3"].info.status == "FINISHED" and runs["3"].data.params == {"lr": "0.5"}
+    assert runs["3"].data.metrics["val_accuracy"] == 0.25
+    # the open run keeps its buffered records; a resume's sweep closes it
+    assert runs["4"].info.status == "RUNNING" and runs["4"].data.params == {"lr": "0.1"}
+    assert runs["4"].data.metrics["val_accuracy"] == 0.75
+
+
+def test_the_sweep_closes_a_run_whose_trial_never_learnt_its_id(tmp_path: Path, mlflow_template: Path) -> None:
+    """A worker killed mid-trial leaves the trial RUNNING without the run's id (it is recorded as the
+    trial closes): a resume's sweep finds the run by trial number, records its id and closes it."""
+    from automl.keys import WORKER
+    from automl.worker import sweep
+
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, experiment, parent = _study_run(stores.tracking_uri)
+    storage = optuna.storages.RDBStorage(stores.storage_url)
+    study = optuna.create_study(study_name="rec", storage=storage)
+    trial = study.ask()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.set_trial_user_attr(trial._trial_id, WORKER, {"host": socket.gethostname(), "pid": dead.pid,
+                                                           "started": None})
+    run = tracker.start_trial(experiment, parent, "rec", trial.number)
+    assert sweep(study, storage, tracker, parent, experiment) == 1
+    closed = stores.client().get_run(run.run_id)
+    assert closed.info.status == "FAILED" and "died mid-trial" in closed.data.tags["automl.fail_reason"]
+    assert study.trials[0].user_attrs["mlflow_run_id"] == run.run_id  # the trial learns it now
