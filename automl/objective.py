@@ -1,7 +1,8 @@
 """The Optuna objective: trial -> configs -> network -> fit -> report / prune -> score.
 
-The only module that knows both Optuna and training. It records through a `TrialRun` (or the
-`NullTrialRun`), never through MLflow directly. Training failures become `TrialFailed` (the search
+The only module that knows both Optuna and training. It records through a run object
+(`tracking.RunRecords`: a run written by the recording process, in-process, or not at all), never
+through MLflow directly. Training failures become `TrialFailed` (the search
 goes on); storage and tracking failures become `FatalError` (the search stops).
 """
 
@@ -25,7 +26,7 @@ from automl.registries import improves
 from automl.selection import dominates
 from automl.space import SearchSpace, suggest
 from automl.stopping import check_constraints, forward_latency_ms
-from automl.tracking import NullTrialRun, TrialRun
+from automl.tracking import NullTrialRun, RunRecords
 from automl.train import NonFiniteLoss, fit
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,)
@@ -70,7 +71,7 @@ class Objective:
         self.seed = seed
 
     def __call__(self, trial: optuna.trial.BaseTrial,
-                 run: TrialRun | NullTrialRun | None = None) -> float | list[float]:
+                 run: RunRecords | None = None) -> float | list[float]:
         run = run or NullTrialRun()
         space, data = self.space, self.data
         seed = self.seed + trial.number
@@ -143,7 +144,7 @@ class Objective:
                 run.log_weights(folder)
         return values if space.multi_objective else value
 
-    def _costs(self, trial: optuna.trial.BaseTrial, run: TrialRun | NullTrialRun, model: torch.nn.Module,
+    def _costs(self, trial: optuna.trial.BaseTrial, run: RunRecords, model: torch.nn.Module,
                n_parameters: int, amp: bool) -> dict[str, float]:
         """The objectives after the first, measured before training: `n_parameters`, and
         `latency_ms`: the median time of one forward pass of one input on the search device, after

@@ -6,13 +6,16 @@ metrics, weights, its closing tags and status) take about 20 ms of Python per tr
 and MLflow; in a thread they would hold the interpreter lock the training loop needs. The
 `Recorder` forks a child process as the trial loop starts: the training process sends each record
 down a queue (microseconds) and the child writes them, in order, with the same `TrialRun` code
-an inline search uses. The child's replies bring back each run's id and the first MLflow failure,
-which the training process raises as a `TrackingError` at its next record (the search stops with
-the child's message); `close` waits until everything sent is written.
+an inline search uses. The child's replies bring back each run's id and its MLflow failures; the
+first failure is raised as a `TrackingError` at the training process's next record (the search
+stops with the child's message), and a child that dies is noticed within a second. Keeping a new
+best's weights waits for the child (a trial whose weights are not stored must not count as
+complete); `close` waits until everything sent is written and closes any run left open.
 
 The child leaves Ctrl-C and SIGTERM to the training process, and ends once that process has
-closed it or is gone (what was sent before a kill -9 is still written). Where fork does not exist
-or a child cannot be made (inside a daemonic process), the trials are recorded inline.
+closed it or is gone (what was sent before a kill -9 is still written, buffered epochs included).
+Where fork does not exist or a child cannot be made (inside a daemonic process), the trials are
+recorded inline.
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ from typing import Any
 
 from automl.checks import mask_url
 from automl.errors import AutomlError
-from automl.signals import signals_ignored
-from automl.tracking import Tracker, TrackingError, _now_ms
+from automl.signals import SignalHold
+from automl.tracking import REASON_TAG, Tracker, TrackingError, _now_ms
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 600  # the longest `close` waits for the child to write what it was sent
+LEFT_OPEN = "the search ended before this run was closed"  # the reason on a run `close` ends
 
 
 class Recorder:
     """Opens trial runs written by a child process (`Recorder.start`); same `start_trial` as a
     `Tracker`. The child's replies are read by a thread of their own, which signals never
-    interrupt (a reply half-read when Ctrl-C strikes would be lost)."""
+    interrupt (a reply half-read when Ctrl-C strikes would be lost) and which notices the
+    child's death."""
 
     def __init__(self, tracker: Tracker, process: Any, messages: Any, replies: Any) -> None:
         self.tracker = tracker
@@ -54,6 +59,7 @@ class Recorder:
         self.replies = replies
         self.state = threading.Condition()  # guards what the replies tell:
         self.run_ids: dict[int, str] = {}
+        self.failed: dict[int, str] = {}  # a record's key -> the child's failure with it
         self.error: str | None = None  # the child's first failure
         self.acknowledged = -1  # the last flush the child has answered
         self.next_key = 0
@@ -77,11 +83,22 @@ class Recorder:
             return None
         return cls(tracker, process, messages, replies)
 
+    def _failure(self, what: str) -> str:
+        return f"MLflow tracking ({mask_url(self.tracker.uri)}) failed: the recording process {what}"
+
     def _read(self) -> None:
-        """The reply thread: record each reply until the end marker `close` sends."""
+        """The reply thread: record each reply until the end marker `close` sends; a child that
+        died is a failure."""
         while True:
             try:
-                reply = self.replies.get()
+                reply = self.replies.get(timeout=1.0)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    with self.state:
+                        self.error = self.error or self._failure(
+                            f"ended unexpectedly (exit code {self.process.exitcode})")
+                        self.state.notify_all()
+                continue
             except Exception:  # noqa: BLE001 - a torn pipe ends the replies like the end marker
                 reply = None
             with self.state:
@@ -93,49 +110,45 @@ class Recorder:
                     self.run_ids[key] = value
                 elif kind == "flushed":
                     self.acknowledged = max(self.acknowledged, key)
-                elif kind == "error" and self.error is None:
-                    self.error = value
+                elif kind == "error":
+                    self.failed.setdefault(key, value)
+                    self.error = self.error or value
                 self.state.notify_all()
 
     # --- the training process's side ------------------------------------------------------------
 
     def start_trial(self, experiment_id: str, parent_run_id: str, study_name: str, number: int) -> RecordedRun:
-        """Open a trial's child run (created by the child; its id arrives with `RecordedRun.run_id`)."""
+        """Open a trial's child run (created by the child; its id arrives with `RecordedRun.run_id`).
+        Never raises an earlier failure: the trial gets its run object, so that it is closed."""
         key = self.next_key
         self.next_key += 1
-        self.send("start", key, experiment_id, parent_run_id, study_name, number)
+        self.send("start", key, experiment_id, parent_run_id, study_name, number, check=False)
         return RecordedRun(self, key)
 
-    def send(self, op: str, key: int, *args: Any) -> None:
+    def send(self, op: str, key: int, *args: Any, check: bool = True) -> None:
         """Queue one record for the child, then raise the failure it reported, if any (after a
         failure, records are still sent: closing a run may succeed where logging failed)."""
         if self.closed:
             self.check()
-            raise TrackingError(f"MLflow tracking ({mask_url(self.tracker.uri)}): the recording process is closed")
+            raise TrackingError(self._failure("is closed"))
         self.messages.put((op, key, args))
-        self.check()
+        if check:
+            self.check()
 
     def check(self) -> None:
         """Raise the first failure the child reported (a `TrackingError` with its message)."""
         if self.error is not None:
             raise TrackingError(self.error)
 
-    def _wait(self, done: Callable[[], bool], timeout: float, until_error: bool) -> None:
-        """Wait until `done()` (or, with `until_error`, the child's first failure); a child that
-        died or did not answer is a `TrackingError`. Returns when done, else raises the failure."""
+    def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        """Wait until `done()`, the child's death or `timeout`; False `done()` then raises."""
         deadline = time.monotonic() + timeout
         with self.state:
-            while not done() and not (until_error and self.error is not None):
-                if not self.process.is_alive():
-                    self.state.wait(0.5)  # its last replies may still be in the pipe
-                    if not done():
-                        self.error = self.error or (
-                            f"MLflow tracking ({mask_url(self.tracker.uri)}) failed: the recording process "
-                            f"ended unexpectedly (exit code {self.process.exitcode})")
-                        break
-                elif time.monotonic() > deadline:
-                    self.error = self.error or (f"MLflow tracking ({mask_url(self.tracker.uri)}) failed: the "
-                                                f"recording process did not answer within {timeout:.0f} s")
+            while not done():
+                if not self.process.is_alive() and self.error is not None:
+                    break  # the reply thread read what was left before it noticed the death
+                if time.monotonic() > deadline:
+                    self.error = self.error or self._failure(f"did not answer within {timeout:.0f} s")
                     break
                 self.state.wait(0.5)
             if done():
@@ -143,8 +156,10 @@ class Recorder:
         self.check()
 
     def run_id(self, key: int) -> str:
-        """The id of a run the child created (waits for it; a failure since does not matter)."""
-        self._wait(lambda: key in self.run_ids, CLOSE_TIMEOUT_S, until_error=True)
+        """The id of a run the child created (waits for it); raises when it could not be made."""
+        self._wait(lambda: key in self.run_ids or key in self.failed, CLOSE_TIMEOUT_S)
+        if key not in self.run_ids:
+            raise TrackingError(self.failed[key])
         return self.run_ids[key]
 
     def flush(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
@@ -152,32 +167,44 @@ class Recorder:
         failure, if any."""
         key = self.next_key
         self.next_key += 1
-        with contextlib.suppress(TrackingError):
-            self.send("flush", key)
-        self._wait(lambda: self.acknowledged >= key, timeout, until_error=False)
+        self.send("flush", key, check=False)
+        self._wait(lambda: self.acknowledged >= key, timeout)
         self.check()
 
-    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Wait for the child to write everything, then end it. A failure it reported is raised.
-        Ctrl-C and SIGTERM wait meanwhile (a second Ctrl-C must not lose the last records)."""
-        with signals_ignored():
+    def close(self, timeout: float = CLOSE_TIMEOUT_S, raise_signal: bool = True) -> None:
+        """Wait for the child to write everything (and close the runs left open), then end it; a
+        failure it reported is raised. Ctrl-C and SIGTERM wait meanwhile, and are raised after it
+        (with `raise_signal`) so that a second Ctrl-C cannot lose the last records."""
+        signals = SignalHold()
+        signals.hold()
+        try:
             try:
-                self.flush(timeout)  # a child that died meanwhile is a TrackingError here
+                self.flush(timeout)
             finally:
-                self.closed = True
-                with contextlib.suppress(OSError, ValueError):
-                    self.messages.put(None)
-                    self.messages.close()
-                    self.messages.join_thread()
-                self.process.join(5)
-                if self.process.is_alive():
-                    self.process.kill()
-                    self.process.join()
-                with contextlib.suppress(OSError, ValueError):
-                    self.replies.put(None)  # ends the reply thread
-                    self.replies.close()
-                    self.replies.join_thread()
-                self.reader.join(5)
+                self._stop()
+        finally:
+            signals.release(raise_pending=raise_signal)
+
+    def _stop(self) -> None:
+        """End the child and the reply thread; never blocks on a child that died."""
+        self.closed = True
+        with contextlib.suppress(OSError, ValueError):
+            self.messages.put(None)
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        clean = self.process.exitcode == 0
+        for channel in (self.messages, self.replies):
+            if not clean:  # a pipe nobody reads, or a lock the child died holding
+                channel.cancel_join_thread()
+        with contextlib.suppress(OSError, ValueError):
+            self.replies.put(None)  # ends the reply thread
+        for channel in (self.messages, self.replies):
+            channel.close()
+            if clean:
+                channel.join_thread()
+        self.reader.join(5)
 
 
 class RecordedRun:
@@ -192,36 +219,44 @@ class RecordedRun:
         return self.recorder.run_id(self.key)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self.recorder.send("log_params", self.key, params)
+        self.recorder.send("log_params", self.key, dict(params))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.recorder.send("log_epoch", self.key, epoch, dict(metrics), _now_ms())
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, float], stamp: int | None = None) -> None:
         if metrics:
-            self.recorder.send("log_metrics", self.key, dict(metrics), _now_ms())
+            self.recorder.send("log_metrics", self.key, dict(metrics), stamp or _now_ms())
 
     def log_weights(self, folder: Path) -> None:
         """The folder is moved to one the child removes once it is logged. Waits until it is:
         a trial whose weights could not be kept fails (the best model must have them)."""
         handed = Path(tempfile.mkdtemp(prefix="automl-weights-")) / folder.name
         shutil.move(str(folder), handed)
-        self.recorder.send("log_weights", self.key, handed)
-        self.recorder.flush()
+        try:
+            self.recorder.send("log_weights", self.key, handed)
+            self.recorder.flush()
+        except TrackingError:
+            if not self.recorder.process.is_alive():  # else the child removes it
+                shutil.rmtree(handed.parent, ignore_errors=True)
+            raise
 
     def end(self, status: str, tags: dict[str, str]) -> None:
-        self.recorder.send("end", self.key, status, tags)
+        self.recorder.send("end", self.key, status, dict(tags))
 
 
 # --- the child ---------------------------------------------------------------------------------
+
+
+_inherited: list[Any] = []  # the parent's connection pools, kept so that none is closed from here
 
 
 def _serve(tracker: Tracker, messages: Any, replies: Any, parent: int) -> None:
     """The recording child: write each record in order until closed or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the whole group: the
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # training process stops, then closes us
-    gc.enable()  # forked while the search's start-up may have paused the collector
-    tracker.detach()
+    gc.enable()  # the parent may have forked while its collector was paused
+    _inherited.extend(tracker.detach())
     runs: dict[int, Any] = {}
     failed: set[int] = set()  # runs with a failed record: only their closing is still tried
     while True:
@@ -234,9 +269,12 @@ def _serve(tracker: Tracker, messages: Any, replies: Any, parent: int) -> None:
                         run.flush()
                 return
             continue
-        except (EOFError, OSError):
+        except Exception as e:  # noqa: BLE001 - a torn or garbled pipe: say so, and stop
+            replies.put(("error", -1, f"MLflow tracking ({mask_url(tracker.uri)}) failed: the recording "
+                                      f"process could not read a record ({type(e).__name__}: {e})"))
             return
         if message is None:
+            _end_left_open(runs, replies, tracker)
             return
         op, key, args = message
         if key in failed and op not in ("end", "flush"):
@@ -247,9 +285,22 @@ def _serve(tracker: Tracker, messages: Any, replies: Any, parent: int) -> None:
             _apply(tracker, runs, op, key, args, replies)
         except Exception as e:  # a bug here must still stop the search with a line, not hang it
             failed.add(key)
-            text = str(e) if isinstance(e, AutomlError) else (
-                f"MLflow tracking ({mask_url(tracker.uri)}) failed: {type(e).__name__}: {e}")
-            replies.put(("error", key, text))
+            replies.put(("error", key, _message(e, tracker)))
+
+
+def _message(error: Exception, tracker: Tracker) -> str:
+    if isinstance(error, AutomlError):
+        return str(error)
+    return f"MLflow tracking ({mask_url(tracker.uri)}) failed: {type(error).__name__}: {error}"
+
+
+def _end_left_open(runs: dict[int, Any], replies: Any, tracker: Tracker) -> None:
+    """Close the runs the search never closed (it stopped on an error before it could) FAILED."""
+    for key, run in runs.items():
+        try:
+            run.end("FAILED", {REASON_TAG: LEFT_OPEN})
+        except Exception as e:  # noqa: BLE001 - reported; the others are still closed
+            replies.put(("error", key, _message(e, tracker)))
 
 
 def _apply(tracker: Tracker, runs: dict[int, Any], op: str, key: int, args: tuple, replies: Any) -> None:

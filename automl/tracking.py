@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # fail within about a minute,
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # not after MLflow's default
@@ -120,11 +120,11 @@ class TrialRun:
     def log_epoch(self, epoch: int, metrics: dict[str, float], stamp: int | None = None) -> None:
         """Record one epoch's metrics (with `step=epoch`). They are sent in one batched call at
         most every FLUSH_SECONDS, and at the end of the trial, so short epochs do not pay a store
-        round trip each. To a tracking server the call goes from a background thread (training
-        never waits on the network; `end` waits for it and raises its failure); a local store is
-        written inline, since a busy second thread slows CPU training more (about 20% measured on
-        2 cores) than the write itself costs (about 15 ms). `stamp`: when the epoch ended (ms),
-        default now."""
+        round trip each. A search's trial runs are written by the recording process
+        (`automl.recorder`), which calls this; where runs are written in the training process
+        (Ray tasks, no fork), a tracking server is written from a background thread (`end` waits
+        for it and raises its failure) and a local store inline. `stamp`: when the epoch ended
+        (ms), default now."""
         stamp = stamp or _now_ms()
         self._buffer.extend(Metric(k, float(v), stamp, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
@@ -191,6 +191,24 @@ class TrialRun:
             self.tracker.client.set_terminated(self.run_id, status)
 
 
+class RunRecords(Protocol):
+    """What a trial records on its run: a `TrialRun` (written here), a `NullTrialRun` (nothing) or
+    an `automl.recorder.RecordedRun` (written by the recording process)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float]) -> None: ...
+
+    def log_weights(self, folder: Path) -> None: ...
+
+    def end(self, status: str, tags: dict[str, str]) -> None: ...
+
+
 class NullTrialRun:
     """Same surface as `TrialRun`, records nothing (unit tests, tracking switched off)."""
 
@@ -227,14 +245,18 @@ class Tracker:
         if not remote:
             self._open_store()
 
-    def detach(self) -> None:
-        """In a forked child (`automl.recorder`): write inline, on connections of its own (the
-        pooled ones stay the parent's, as SQLAlchemy asks after a fork)."""
+    def detach(self) -> list[Any]:
+        """In a forked child (`automl.recorder`): write inline, on connections of its own, as
+        SQLAlchemy asks after a fork. Returns the parent's connection pools, for the child to keep:
+        freed, they would close connections the parent still uses."""
         self.background = None
+        inherited = []
         for name in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
             store_class = getattr(sys.modules.get(name), "SqlAlchemyStore", None)
             for engine in getattr(store_class, "_engine_map", {}).values():
+                inherited.append(engine.pool)
                 engine.dispose(close=False)
+        return inherited
 
     @_fatal("open the tracking store")
     def _open_store(self) -> None:
@@ -544,7 +566,6 @@ class Tracker:
             order_by=["attributes.start_time DESC"],
         )
 
-    @_fatal("list the trial runs")
     @_fatal("find a trial's run")
     def find_trial_run(self, experiment_id: str, parent_run_id: str, number: int) -> str | None:
         """The id of trial `number`'s run under a study run, if there is one."""
@@ -554,6 +575,7 @@ class Tracker:
         )
         return found[0].info.run_id if found else None
 
+    @_fatal("list the trial runs")
     def trial_runs(self, parent_run_id: str, experiment_id: str) -> list[Any]:
         return self.client.search_runs(
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import psutil
@@ -33,11 +33,11 @@ from automl.keys import (
 )
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle
-from automl.recorder import RecordedRun, Recorder
+from automl.recorder import Recorder
 from automl.selection import champion_trial, primary_value
 from automl.signals import SignalHold
 from automl.stopping import should_stop, stop_search
-from automl.tracking import REASON_TAG, STATE_TAG, TRIAL_TAG, Tracker, TrackingError, TrialRun, run_status_for
+from automl.tracking import REASON_TAG, STATE_TAG, TRIAL_TAG, RunRecords, Tracker, TrackingError, run_status_for
 
 # --- sweeping up after dead workers ----------------------------------------------------------------
 
@@ -173,7 +173,7 @@ RUN_NAMES = {TrialState.COMPLETE: "trial-{}", TrialState.PRUNED: "trial-{} (prun
              TrialState.FAIL: "trial-{} (failed)"}
 
 
-def _open_trial(handle: StudyHandle, trial: optuna.Trial, runs: Tracker | Recorder) -> TrialRun | RecordedRun:
+def _open_trial(handle: StudyHandle, trial: optuna.Trial, runs: Tracker | Recorder) -> RunRecords:
     """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run (its id
     is recorded on the trial as it closes: a recording child creates the run meanwhile)."""
     pid = os.getpid()
@@ -194,19 +194,22 @@ class _Ending:
     run_status: str | None  # the MLflow status when not the one of `state` (KILLED on an interrupt)
 
 
-def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial,
-                 run: TrialRun | RecordedRun | None, end: _Ending) -> None:
-    """Close the trial in Optuna, then its run in MLflow, with the true outcome and its reason."""
-    tags = {STATE_TAG: end.state.name, "automl.seconds": f"{end.seconds:.3f}",
-            "mlflow.runName": RUN_NAMES[end.state].format(trial.number)}
-    if end.reason:
-        tags[REASON_TAG] = end.reason[:5000]
+def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, run: RunRecords | None,
+                 end: _Ending) -> None:
+    """Close the trial in Optuna, then its run in MLflow, with the true outcome and its reason. A
+    trial whose run could not be created fails with that reason (a complete trial has its run)."""
     run_id, lost = None, None
     if run is not None:
         try:
             run_id = run.run_id
-        except TrackingError as e:  # the run could not be created: the trial is closed all the same
+        except TrackingError as e:
             lost = e
+            if end.escaping is None:
+                end = replace(end, state=TrialState.FAIL, value=None, reason=str(e), escaping=e)
+    tags = {STATE_TAG: end.state.name, "automl.seconds": f"{end.seconds:.3f}",
+            "mlflow.runName": RUN_NAMES[end.state].format(trial.number)}
+    if end.reason:
+        tags[REASON_TAG] = end.reason[:5000]
     try:
         if run_id:
             handle.storage.set_trial_user_attr(trial._trial_id, RUN_ID, run_id)
@@ -220,14 +223,14 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial,
             with contextlib.suppress(Exception):
                 run.end("FAILED", {**tags, REASON_TAG: f"Optuna storage failed: {e}"})
         raise FatalError(f"Optuna storage failed while closing trial {trial.number}: {e}") from e
-    if lost is not None:
-        raise lost
-    if run is not None and isinstance(end.escaping, TrackingError):
+    if run is not None and (lost is not None or isinstance(end.escaping, TrackingError)):
         # e.g. only the artifact store failed: close the run while the database still answers
         with contextlib.suppress(Exception):
-            run.end("FAILED", {**tags, REASON_TAG: str(end.escaping)[:5000]})
+            run.end("FAILED", {**tags, REASON_TAG: str(end.escaping or lost)[:5000]})
     elif run is not None:
         run.end(end.run_status or run_status_for(end.state.name), tags)
+    if lost is not None and end.escaping is lost:
+        raise lost
 
 
 def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
@@ -257,7 +260,7 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
     reason = ""
     escaping: BaseException | None = None
     run_status = None
-    run: TrialRun | RecordedRun | None = None
+    run: RunRecords | None = None
     with Heartbeat(storage, trial._trial_id):
         try:
             run = _open_trial(handle, trial, recorder or tracker)
@@ -339,9 +342,10 @@ def run_worker(
     study = handle.load()
     gc.collect()
     gc.freeze()  # libraries and data stay; collections then only scan new objects
-    recorder = Recorder.start(tracker) if record_in_child else None
+    recorder: Recorder | None = None
     stale_checked = -math.inf
     try:
+        recorder = Recorder.start(tracker) if record_in_child else None
         while deadline is None or time.monotonic() < deadline:
             # stale heartbeats, looked for once per heartbeat interval (a trial takes milliseconds)
             check_stale = time.monotonic() - stale_checked >= (handle.storage.get_heartbeat_interval() or 0)
@@ -364,7 +368,7 @@ def run_worker(
     except BaseException:
         if recorder is not None:
             with contextlib.suppress(TrackingError):  # the error on its way says more
-                recorder.close()
+                recorder.close(raise_signal=False)
         raise
     if recorder is not None:
         recorder.close()  # every run written before the search goes on (best model, summary)

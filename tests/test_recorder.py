@@ -6,6 +6,7 @@ trial never learnt its id."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import optuna
 import psutil
 import pytest
 
-from automl.recorder import Recorder
+from automl.recorder import LEFT_OPEN, Recorder
 from automl.tracking import STATE_TAG, TRIAL_TAG, Tracker, TrackingError
 from tests.conftest import ROOT, make_stores
 
@@ -63,26 +64,60 @@ def test_a_trial_run_is_written_by_the_child_with_every_record(tmp_path: Path, m
 
 def test_a_failure_in_the_child_stops_the_training_process_with_its_message(
         tmp_path: Path, mlflow_template: Path) -> None:
+    """The child's failure is raised at the next record; runs are still created and closed (the
+    failed one, the next one, and one the search never closed)."""
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, experiment, parent = _study_run(stores.tracking_uri)
+    recorder = Recorder.start(tracker)
+    assert recorder is not None
+    failing = recorder.start_trial(experiment, parent, "rec", 0)
+    failing.log_params({"lr": 0.01})
+    failing.log_epoch(1, {"val_accuracy": 0.5})
+    failing.log_params({"lr": 0.02})  # MLflow refuses to change a logged parameter (written at `end`)
+    failing.end("FINISHED", {})
+    deadline = time.monotonic() + 30
+    while recorder.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    nxt = recorder.start_trial(experiment, parent, "rec", 1)  # opening a run never raises an old failure
+    assert nxt.run_id  # nor does learning its id
+    with pytest.raises(TrackingError, match="failed to log the trial's param"):
+        nxt.end("FINISHED", {STATE_TAG: "COMPLETE"})  # sent, then the failure is raised
+    left_open = recorder.start_trial(experiment, parent, "rec", 2)
+    with pytest.raises(TrackingError, match=r"MLflow tracking \(sqlite:///.*\) failed to log the trial's param"):
+        recorder.close()
+    assert not recorder.process.is_alive()
+    with pytest.raises(TrackingError, match="failed to log the trial's param"):  # every later record too
+        left_open.log_epoch(2, {"val_accuracy": 0.6})
+    runs = {r.data.tags[TRIAL_TAG]: r for r in tracker.trial_runs(parent, experiment)}
+    assert runs["0"].info.status == "FINISHED"  # closed all the same, its tags written
+    assert runs["1"].info.status == "FINISHED" and runs["1"].data.tags[STATE_TAG] == "COMPLETE"
+    assert runs["2"].info.status == "FAILED" and runs["2"].data.tags["automl.fail_reason"] == LEFT_OPEN
+
+
+def test_a_recording_process_that_dies_is_named_and_never_waited_for(tmp_path: Path,
+                                                                      mlflow_template: Path) -> None:
     stores = make_stores(tmp_path, mlflow_template)
     tracker, experiment, parent = _study_run(stores.tracking_uri)
     recorder = Recorder.start(tracker)
     assert recorder is not None
     run = recorder.start_trial(experiment, parent, "rec", 0)
-    run.log_params({"lr": 0.01})
-    run.log_epoch(1, {"val_accuracy": 0.5})
-    run.log_params({"lr": 0.02})  # MLflow refuses to change a logged parameter
-    run.end("FINISHED", {})
-    with pytest.raises(TrackingError, match=r"MLflow tracking \(sqlite:///.*\) failed to log the trial's param"):
+    assert run.run_id
+    os.kill(recorder.process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"the recording process ended unexpectedly \(exit code -9\)"):
+        for epoch in range(1, 100000):  # noticed within about a second, however much is sent
+            run.log_epoch(epoch, {"val_accuracy": 0.5, "note": 1.0})
+            time.sleep(0.0001)
+    with pytest.raises(TrackingError, match="ended unexpectedly"):
         recorder.close()
-    assert not recorder.process.is_alive()
-    with pytest.raises(TrackingError, match="failed to log the trial's param"):  # every later record too
-        run.log_epoch(2, {"val_accuracy": 0.6})
+    assert time.monotonic() - started < 30
+    assert not recorder.reader.is_alive()  # the reply thread ended too (the child died idle)
 
 
 KILLED_PARENT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from automl.recorder import Recorder
+from automl.recorder import LEFT_OPEN, Recorder
 from automl.tracking import Tracker
 tracker = Tracker({uri!r})
 recorder = Recorder.start(tracker)
