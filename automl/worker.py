@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import optuna
 import psutil
@@ -173,13 +175,50 @@ RUN_NAMES = {TrialState.COMPLETE: "trial-{}", TrialState.PRUNED: "trial-{} (prun
              TrialState.FAIL: "trial-{} (failed)"}
 
 
-def _open_trial(handle: StudyHandle, trial: optuna.Trial, runs: Tracker | Recorder) -> RunRecords:
-    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run (its id
-    is recorded on the trial as it closes: a recording child creates the run meanwhile)."""
+class LinkedRun:
+    """A trial's run that records its id on the Optuna trial at the end of the first epoch (the
+    recording process creates the run meanwhile, so nothing waits for it), or as the trial closes
+    if it ends before. A worker lost after its first epoch leaves the id for whoever closes the
+    run; before, the run is found by its trial number."""
+
+    def __init__(self, run: RunRecords, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        self.run, self.storage, self.trial_id = run, storage, trial_id
+        self.linked = False
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def link(self) -> None:
+        """Record the run's id on the trial, once."""
+        if not self.linked:
+            self.storage.set_trial_user_attr(self.trial_id, RUN_ID, self.run.run_id)
+            self.linked = True
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.run.log_params(params)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.log_epoch(epoch, metrics)
+        self.link()  # before the epoch is reported: a trial with a reported epoch has its run's id
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.run.log_metrics(metrics)
+
+    def log_weights(self, folder: Path) -> None:
+        self.run.log_weights(folder)
+
+    def end(self, status: str, tags: dict[str, str]) -> None:
+        self.run.end(status, tags)
+
+
+def _open_trial(handle: StudyHandle, trial: optuna.Trial, runs: Tracker | Recorder) -> LinkedRun:
+    """Record who runs the trial (for the dead-worker sweep) and open its MLflow child run."""
     pid = os.getpid()
     worker = {"host": socket.gethostname(), "pid": pid, "started": _started(pid)}
     handle.storage.set_trial_user_attr(trial._trial_id, WORKER, worker)
-    return runs.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
+    run = runs.start_trial(handle.experiment_id, handle.parent_run_id, handle.name, trial.number)
+    return LinkedRun(run, handle.storage, trial._trial_id)
 
 
 @dataclass
@@ -194,7 +233,7 @@ class _Ending:
     run_status: str | None  # the MLflow status when not the one of `state` (KILLED on an interrupt)
 
 
-def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, run: RunRecords | None,
+def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, run: LinkedRun | None,
                  end: _Ending) -> None:
     """Close the trial in Optuna, then its run in MLflow, with the true outcome and its reason. A
     trial whose run could not be created fails with that reason (a complete trial has its run)."""
@@ -212,7 +251,7 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, 
         tags[REASON_TAG] = end.reason[:5000]
     try:
         if run_id:
-            handle.storage.set_trial_user_attr(trial._trial_id, RUN_ID, run_id)
+            run.link()
         attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(end.state)
         if attr:
             handle.storage.set_trial_user_attr(trial._trial_id, attr, end.reason)
@@ -260,7 +299,7 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
     reason = ""
     escaping: BaseException | None = None
     run_status = None
-    run: RunRecords | None = None
+    run: LinkedRun | None = None
     with Heartbeat(storage, trial._trial_id):
         try:
             run = _open_trial(handle, trial, recorder or tracker)

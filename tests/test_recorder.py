@@ -161,8 +161,9 @@ def test_what_was_sent_before_a_kill_is_still_written(tmp_path: Path, mlflow_tem
 
 
 def test_the_sweep_closes_a_run_whose_trial_never_learnt_its_id(tmp_path: Path, mlflow_template: Path) -> None:
-    """A worker killed mid-trial leaves the trial RUNNING without the run's id (it is recorded as the
-    trial closes): a resume's sweep finds the run by trial number, records its id and closes it."""
+    """A worker killed before its trial's first epoch ended leaves the trial RUNNING without the
+    run's id (it is recorded then): a resume's sweep finds the run by trial number, records its id
+    and closes it."""
     from automl.keys import WORKER
     from automl.worker import sweep
 
