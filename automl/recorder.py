@@ -46,6 +46,20 @@ CLOSE_TIMEOUT_S = 600  # the longest `close` waits for the child to write what i
 LEFT_OPEN = "the search ended before this run was closed"  # the reason on a run `close` ends
 
 
+# threads that never hold a lock the child needs: recorders' reply threads, multiprocessing's
+# queue feeders (one may be left behind, blocked, by a child that died)
+SAFE_THREADS = ("automl-recorder-replies", "QueueFeederThread")
+
+
+def fork_is_safe() -> bool:
+    """Whether no other thread runs that could be inside SQLite (or another C library) right now:
+    a forked child inherits such a lock held, and would wait on it forever the first time it opens
+    a database. Safe: the calling thread, `SAFE_THREADS` and tqdm's monitor."""
+    current = threading.current_thread()
+    return all(thread is current or thread.name in SAFE_THREADS or type(thread).__name__ == "TMonitor"
+               for thread in threading.enumerate())
+
+
 class Recorder:
     """Opens trial runs written by a child process (`Recorder.start`); same `start_trial` as a
     `Tracker`. The child's replies are read by a thread of their own, which signals never
@@ -64,13 +78,17 @@ class Recorder:
         self.acknowledged = -1  # the last flush the child has answered
         self.next_key = 0
         self.closed = False
-        self.reader = threading.Thread(target=self._read, daemon=True, name="automl-recorder-replies")
+        self.reader = threading.Thread(target=self._read, daemon=True, name=SAFE_THREADS[0])
         self.reader.start()
 
     @classmethod
     def start(cls, tracker: Tracker) -> Recorder | None:
-        """Fork the recording child; None where it cannot be made (record inline then)."""
+        """Fork the recording child; None where it cannot be made or forking is not safe (record
+        inline then)."""
         if "fork" not in multiprocessing.get_all_start_methods():
+            return None
+        if not fork_is_safe():
+            logger.info("trial runs recorded in this process: other threads are running")
             return None
         context = multiprocessing.get_context("fork")
         messages, replies = context.Queue(), context.Queue()  # a feeder thread: `put` never blocks

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import optuna
 import psutil
 import pytest
 
-from automl.recorder import LEFT_OPEN, Recorder
+from automl.recorder import LEFT_OPEN, Recorder, fork_is_safe
 from automl.tracking import STATE_TAG, TRIAL_TAG, Tracker, TrackingError
 from tests.conftest import ROOT, make_stores
 
@@ -117,7 +118,7 @@ def test_a_recording_process_that_dies_is_named_and_never_waited_for(tmp_path: P
 KILLED_PARENT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from automl.recorder import LEFT_OPEN, Recorder
+from automl.recorder import LEFT_OPEN, Recorder, fork_is_safe
 from automl.tracking import Tracker
 tracker = Tracker({uri!r})
 recorder = Recorder.start(tracker)
@@ -181,3 +182,22 @@ def test_the_sweep_closes_a_run_whose_trial_never_learnt_its_id(tmp_path: Path, 
     closed = stores.client().get_run(run.run_id)
     assert closed.info.status == "FAILED" and "died mid-trial" in closed.data.tags["automl.fail_reason"]
     assert study.trials[0].user_attrs["mlflow_run_id"] == run.run_id  # the trial learns it now
+
+
+def test_no_child_is_forked_while_another_thread_runs(tmp_path: Path, mlflow_template: Path) -> None:
+    """Another thread may be inside SQLite at the fork, and the child would wait on its lock forever
+    (seen with two workers in threads): then the trials are recorded inline."""
+    stores = make_stores(tmp_path, mlflow_template)
+    tracker, _, _ = _study_run(stores.tracking_uri)
+    assert fork_is_safe(), threading.enumerate()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, name="a user's thread")
+    other.start()
+    try:
+        assert not fork_is_safe() and Recorder.start(tracker) is None
+    finally:
+        stop.set()
+        other.join()
+    recorder = Recorder.start(tracker)  # its own reply thread does not count
+    assert recorder is not None and fork_is_safe()
+    recorder.close()
