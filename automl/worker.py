@@ -250,7 +250,7 @@ def _close_trial(handle: StudyHandle, study: optuna.Study, trial: optuna.Trial, 
     if end.reason:
         tags[REASON_TAG] = end.reason[:5000]
     try:
-        if run_id:
+        if run is not None and run_id:
             run.link()
         attr = {TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: PRUNED_REASON}.get(end.state)
         if attr:
