@@ -62,7 +62,7 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
         worker = trial.user_attrs.get(WORKER) or {}
         if worker.get("host") == host and not _process_alive(worker["pid"], worker.get("started")):
             reason = f"worker process {worker['pid']} on {host} died mid-trial"
-            # its run's id is recorded as a trial closes: this one's run is found by its number
+            # a run's id reaches its trial after the first epoch: else the run is found by number
             run_id = trial.user_attrs.get(RUN_ID) or tracker.find_trial_run(experiment_id, parent_run_id,
                                                                              trial.number)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -73,7 +73,7 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
                     failed += 1
     trials = study.get_trials(deepcopy=False)
     by_run = {t.user_attrs.get(RUN_ID): t for t in trials}
-    by_number = {str(t.number): t for t in trials}  # a trial's id is recorded on it as it closes
+    by_number = {str(t.number): t for t in trials}  # for runs whose trial never got their id
     for run in tracker.trial_runs(parent_run_id, experiment_id):
         if run.info.status != "RUNNING":
             continue
@@ -94,7 +94,7 @@ def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.St
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         attrs = study.user_attrs
         tracker = Tracker(checks.tracking_uri(tracking_uri, attrs.get(TRACKING_URI)))
-        run_id = trial.user_attrs.get(RUN_ID)  # recorded as the trial closes; else found by number
+        run_id = trial.user_attrs.get(RUN_ID)  # recorded after the first epoch; else found by number
         if not run_id and attrs.get(PARENT_RUN_ID):
             run_id = tracker.find_trial_run(attrs[EXPERIMENT_ID], attrs[PARENT_RUN_ID], trial.number)
         if run_id:
@@ -177,9 +177,9 @@ RUN_NAMES = {TrialState.COMPLETE: "trial-{}", TrialState.PRUNED: "trial-{} (prun
 
 class LinkedRun:
     """A trial's run that records its id on the Optuna trial at the end of the first epoch (the
-    recording process creates the run meanwhile, so nothing waits for it), or as the trial closes
-    if it ends before. A worker lost after its first epoch leaves the id for whoever closes the
-    run; before, the run is found by its trial number."""
+    recording process creates the run meanwhile; only an epoch shorter than that waits for it),
+    or as the trial closes if it ends before. A worker lost after its first epoch leaves the id for
+    whoever closes the run; before, the run is found by its trial number."""
 
     def __init__(self, run: RunRecords, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
         self.run, self.storage, self.trial_id = run, storage, trial_id
@@ -200,7 +200,10 @@ class LinkedRun:
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.run.log_epoch(epoch, metrics)
-        self.link()  # before the epoch is reported: a trial with a reported epoch has its run's id
+        try:
+            self.link()  # before the epoch is reported: a trial with a reported epoch has its run's id
+        except STORAGE_ERRORS as e:  # the search stops, as on any failure of the storage
+            raise FatalError(f"Optuna storage failed while recording the trial's run id: {e}") from e
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.run.log_metrics(metrics)

@@ -201,3 +201,30 @@ def test_no_child_is_forked_while_another_thread_runs(tmp_path: Path, mlflow_tem
     recorder = Recorder.start(tracker)  # its own reply thread does not count
     assert recorder is not None and fork_is_safe()
     recorder.close()
+
+
+def test_a_storage_failure_while_linking_the_run_stops_the_search(tmp_path: Path) -> None:
+    """Recording the run's id on the trial at its first epoch is a storage write like any other: a
+    failure stops the search (a FatalError) instead of failing the trial (here SQLite is locked by
+    another connection and the storage gives up at once)."""
+    import sqlite3
+
+    from automl.errors import FatalError
+    from automl.tracking import NullTrialRun
+    from automl.worker import LinkedRun
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 0.05}})
+    trial = optuna.create_study(study_name="locked", storage=storage).ask()
+    run = LinkedRun(NullTrialRun(), storage, trial._trial_id)
+    locker = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(FatalError, match="Optuna storage failed while recording the trial's run id"):
+            run.log_epoch(1, {"val_accuracy": 0.5})
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert not run.linked
+    run.log_epoch(2, {"val_accuracy": 0.6})  # the lock gone, the id is recorded, once
+    assert run.linked and storage.get_trial(trial._trial_id).user_attrs["mlflow_run_id"] == ""
