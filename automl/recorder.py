@@ -242,9 +242,9 @@ class RecordedRun:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.recorder.send("log_epoch", self.key, epoch, dict(metrics), _now_ms())
 
-    def log_metrics(self, metrics: dict[str, float], stamp: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float]) -> None:
         if metrics:
-            self.recorder.send("log_metrics", self.key, dict(metrics), stamp or _now_ms())
+            self.recorder.send("log_metrics", self.key, dict(metrics), _now_ms())
 
     def log_weights(self, folder: Path) -> None:
         """The folder is moved to one the child removes once it is logged. Waits until it is:
@@ -328,9 +328,8 @@ def _apply(tracker: Tracker, runs: dict[int, Any], op: str, key: int, args: tupl
     elif op == "start":
         runs[key] = tracker.start_trial(*args)
         replies.put(("started", key, runs[key].run_id))
-    elif key not in runs:  # its run could not be created: that failure was reported
-        if op == "log_weights":
-            shutil.rmtree(args[0].parent, ignore_errors=True)
+    elif key not in runs:  # its run could not be created (reported; `_serve` skips its records): its end
+        pass
     elif op == "end":
         runs.pop(key).end(*args)
     elif op == "log_weights":

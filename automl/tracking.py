@@ -217,7 +217,7 @@ class NullTrialRun:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], stamp: int | None = None) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float]) -> None:

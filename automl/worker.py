@@ -52,6 +52,11 @@ def _process_alive(pid: int, started: float | None) -> bool:
         return False
 
 
+def _run_of(trial: FrozenTrial, tracker: Tracker, experiment_id: str, parent_run_id: str) -> str | None:
+    """A trial's run id: recorded on it after its first epoch, else found by its trial number."""
+    return trial.user_attrs.get(RUN_ID) or tracker.find_trial_run(experiment_id, parent_run_id, trial.number)
+
+
 def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tracker,
           parent_run_id: str, experiment_id: str) -> int:
     """Fail trials whose worker process on this host is gone; close runs left RUNNING by trials
@@ -62,9 +67,7 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
         worker = trial.user_attrs.get(WORKER) or {}
         if worker.get("host") == host and not _process_alive(worker["pid"], worker.get("started")):
             reason = f"worker process {worker['pid']} on {host} died mid-trial"
-            # a run's id reaches its trial after the first epoch: else the run is found by number
-            run_id = trial.user_attrs.get(RUN_ID) or tracker.find_trial_run(experiment_id, parent_run_id,
-                                                                             trial.number)
+            run_id = _run_of(trial, tracker, experiment_id, parent_run_id)
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 if run_id:
                     storage.set_trial_user_attr(trial._trial_id, RUN_ID, run_id)
@@ -94,9 +97,9 @@ def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.St
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         attrs = study.user_attrs
         tracker = Tracker(checks.tracking_uri(tracking_uri, attrs.get(TRACKING_URI)))
-        run_id = trial.user_attrs.get(RUN_ID)  # recorded after the first epoch; else found by number
-        if not run_id and attrs.get(PARENT_RUN_ID):
-            run_id = tracker.find_trial_run(attrs[EXPERIMENT_ID], attrs[PARENT_RUN_ID], trial.number)
+        run_id = trial.user_attrs.get(RUN_ID)
+        if attrs.get(PARENT_RUN_ID):
+            run_id = _run_of(trial, tracker, attrs[EXPERIMENT_ID], attrs[PARENT_RUN_ID])
         if run_id:
             tracker.set_status(run_id, "FAILED",
                                {STATE_TAG: "FAIL", REASON_TAG: "worker lost: no heartbeat within the grace period"})
