@@ -21,7 +21,7 @@ from automl.data import Dataset
 from automl.errors import FatalError, TrialFailed
 from automl.keys import FINAL_METRICS, LATENCY_MS, N_PARAMETERS
 from automl.model import build_model, count_parameters
-from automl.pruning import prune_reason, record_curve
+from automl.pruning import StudySnapshot, prune_reason, record_curve, should_prune
 from automl.registries import improves
 from automl.selection import dominates
 from automl.space import SearchSpace, suggest
@@ -81,6 +81,8 @@ class Objective:
         best: dict[str, float] = {}
         costs: dict[str, float] = {}  # multi-objective: the objectives after the first, before training
         curve: dict[int, float] = {}
+        # the other trials as the pruning checks see them: read once, not at every epoch (automl.pruning)
+        snapshot = StudySnapshot(trial.study) if isinstance(trial, optuna.Trial) else None
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             run.log_epoch(epoch, metrics)
@@ -90,11 +92,11 @@ class Objective:
             try:
                 if space.multi_objective:
                     curve[epoch] = value
-                    rule = self._prune_multi(trial, costs, curve)
+                    rule = self._prune_multi(trial, snapshot, costs, curve)
                 else:
                     trial.report(value, epoch)
                     rule = (PRUNING_RULES.get(space.pruner, space.pruner + " pruner")
-                            if trial.should_prune() else None)
+                            if should_prune(trial, snapshot) else None)
             except STORAGE_ERRORS as e:
                 raise FatalError(f"Optuna storage failed while reporting epoch {epoch}: {e}") from e
             if rule:
@@ -159,13 +161,12 @@ class Objective:
                 run.log_metrics({LATENCY_MS: costs[metric]})
         return costs
 
-    def _prune_multi(self, trial: optuna.trial.BaseTrial, costs: dict[str, float],
-                     curve: dict[int, float]) -> str | None:
+    def _prune_multi(self, trial: optuna.trial.BaseTrial, snapshot: StudySnapshot | None,
+                     costs: dict[str, float], curve: dict[int, float]) -> str | None:
         """Multi-objective pruning (automl.pruning): store the learning curve, judge the trial
         against its peers. A FixedTrial (no study) is never pruned."""
         record_curve(trial, curve)
-        study = getattr(trial, "study", None)
-        return None if study is None else prune_reason(study, self.space, costs, curve)
+        return None if snapshot is None else prune_reason(snapshot, self.space, costs, curve)
 
     def _on_front(self, trial: optuna.trial.BaseTrial, values: list[float]) -> bool:
         """Multi-objective: whether no complete trial dominates `values` (then the weights are

@@ -1,4 +1,15 @@
-"""Pruning in a multi-objective search (`objective.metrics`).
+"""Pruning: the study as a trial's pruning check sees it, and pruning in a multi-objective search.
+
+Each epoch's pruning check compares the trial with the study's other trials. Optuna reads those
+trials again at every check, and on small data that read is the costliest part of an epoch's
+bookkeeping: its cache re-reads every unfinished trial, the queued budget included. A
+`StudySnapshot` reads them at the trial's first check and again only once that reading is
+`SNAPSHOT_MAX_AGE_S` old. With one worker no other trial finishes while a trial runs, so the
+pruner decides exactly as on a fresh read; with several workers, a trial finished elsewhere
+since the last reading counts from the next one (within seconds, and at every epoch once epochs
+take longer than that).
+
+Multi-objective searches (`objective.metrics`):
 
 Optuna refuses `Trial.report` and `Trial.should_prune` when a study has several objectives (its
 issue #3450), so this module does both for such searches:
@@ -24,8 +35,12 @@ may well be on the front.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import time
+from collections.abc import Container
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -36,6 +51,40 @@ from automl.space import SearchSpace
 
 # trial user attribute of a multi-objective search: the first metric per epoch (a candidate for automl.keys)
 LEARNING_CURVE = "learning_curve"
+SNAPSHOT_MAX_AGE_S = 2.0  # how stale a trial's pruning checks may see the other trials
+
+
+class StudySnapshot:
+    """A study whose `get_trials` answers from one reading of its trials, renewed once it is
+    `max_age_s` old; everything else (the storage and its writes, `direction`, `best_trial`) is
+    the study's own. Made for one trial's pruning checks: the trial itself is read fresh."""
+
+    def __init__(self, study: optuna.Study, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> None:
+        self._study = study
+        self._max_age_s = max_age_s
+        self._trials: list[FrozenTrial] | None = None
+        self._read_at = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        """The study's trials as last read, in number order (read again when the reading is old)."""
+        now = time.monotonic()
+        if self._trials is None or now - self._read_at > self._max_age_s:
+            self._trials = self._study.get_trials(deepcopy=False)
+            self._read_at = now
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+
+def should_prune(trial: optuna.trial.BaseTrial, snapshot: StudySnapshot | None) -> bool:
+    """`trial.should_prune()`, with the other trials seen through `snapshot` when there is one
+    (a trial of a study; a FixedTrial has none)."""
+    if snapshot is None:
+        return trial.should_prune()
+    # what Trial.should_prune does, with the snapshot in place of the study
+    return trial.study.pruner.prune(snapshot, trial._get_latest_trial())  # type: ignore[attr-defined,arg-type]
 
 
 @dataclass(frozen=True)
@@ -86,7 +135,7 @@ def _no_worse_costs(trial: FrozenTrial, space: SearchSpace, costs: dict[str, flo
         for i, m in enumerate(space.metrics) if i > 0)
 
 
-def prune_reason(study: optuna.Study, space: SearchSpace, costs: dict[str, float],
+def prune_reason(study: optuna.Study | StudySnapshot, space: SearchSpace, costs: dict[str, float],
                  curve: dict[int, float]) -> str | None:
     """Why a running trial with objective `costs` (metric -> value, known before training) and
     first-metric learning curve `curve` (epoch -> value) should stop at its last epoch, or None."""
