@@ -213,7 +213,7 @@ def _open_study(s: _Search, say: Say) -> int:
     """Create or resume the study, its MLflow run and its budget. Returns how many trials were queued."""
     import optuna
 
-    from automl import record, stopping, storage
+    from automl import budget, record, stopping, storage
     from automl.tracking import Tracker
     from automl.worker import close_stale_run
 
@@ -236,7 +236,8 @@ def _open_study(s: _Search, say: Say) -> int:
         record.check_tracking(study, s.tracker)
         experiment_id, parent = record.attach_tracking(study, s.tracker, _study_params(s), identity, say)
         n_trials = request.trials or s.space.trials
-        queued = record.top_up_budget(study, n_trials)
+        queued = budget.top_up_budget(study, n_trials, s.storage_url,
+                                      at_least=request.warm_start_k if request.warm_start else 0)
         if queued and keys.STOP_REASON_TAG in s.tracker.tags(parent):  # a larger budget goes on
             s.tracker.delete_tag(parent, keys.STOP_REASON_TAG)
         if request.warm_start:
@@ -297,9 +298,9 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     run FAILED and is raised."""
     with _collector_paused():
         from automl import storage
+        from automl.budget import queued_total, unopened
         from automl.progress import Progress
         from automl.publish import finalize, log_plots
-        from automl.record import queued_total
         from automl.storage import quiet_optuna
         from automl.tracking import REASON_TAG
 
@@ -310,7 +311,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         from automl.plots import PlotJob
     plots: PlotJob | None = None
     deadline = time.monotonic() + s.timeout if s.timeout else None
-    in_study = len(s.study.get_trials(deepcopy=False))
+    in_study = len(s.study.get_trials(deepcopy=False)) + unopened(s.study)
     progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
     stop: BaseException | None = None
     status = "FINISHED"

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from automl.budget import unopened
 from automl.errors import FatalError, Terminated, UsageError
 from automl.keys import FAIL_REASON, PRUNED_REASON, SECONDS
 from automl.progress import Progress
@@ -138,7 +139,7 @@ def wait_for_other_workers(handle: StudyHandle, progress: Progress, deadline: fl
                 progress.trial(_outcome(trial, study))
         busy = [t for t in trials if t.state == TrialState.RUNNING
                 or (include_queued and t.state == TrialState.WAITING)]
-        if not busy:
+        if not busy and not (include_queued and unopened(study)):
             return
         if not announced and progress.bar is None and not progress.quiet:
             print(f"waiting for {len(busy)} trial(s) on other workers ...", flush=True)

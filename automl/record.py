@@ -1,8 +1,5 @@
 """The study record: creating or loading a study with its space, seed and tracking ids, its
-sampler and pruner, and the trial budget (a pool of WAITING trials that workers claim).
-
-The budget is created once under `storage.budget_lock`, so any number of workers on any number of
-machines run exactly `--trials` trials between them.
+sampler and pruner. The study's trial budget is automl.budget's.
 """
 
 from __future__ import annotations
@@ -16,10 +13,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from automl.budget import unopened
 from automl.checks import absolute_sqlite, mask_url, without_password
 from automl.errors import UsageError
 from automl.keys import (
-    BUDGET,
     DATA,
     EXPERIMENT_ID,
     METRIC,
@@ -182,28 +179,13 @@ def attach_tracking(study: optuna.Study, tracker: Tracker, params: dict[str, Any
     return experiment_id, parent
 
 
-def queued_total(study: optuna.Study) -> int:
-    """Trials still waiting in the budget pool."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
-def top_up_budget(study: optuna.Study, n_trials: int) -> int:
-    """Queue WAITING trials until the study holds `n_trials` trials in all. Returns how many were queued.
-
-    Call under `budget_lock`: the count and the queueing must not interleave with another process.
-    """
-    study.set_user_attr(BUDGET, n_trials)
-    existing = len(study.get_trials(deepcopy=False))
-    for _ in range(n_trials - existing):
-        study.enqueue_trial({}, skip_if_exists=False)
-    return max(0, n_trials - existing)
-
-
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials per state name; NOT_RUN counts queued trials closed by a stop rule (not failures)."""
+    """Trials per state name; NOT_RUN counts queued trials closed by a stop rule (not failures);
+    WAITING counts the budget not queued yet as well (automl.budget)."""
     result = {s.name: 0 for s in TrialState}
     result["NOT_RUN"] = 0
     for t in study.get_trials(deepcopy=False):
         key = "NOT_RUN" if t.state == TrialState.FAIL and NOT_RUN in t.user_attrs else t.state.name
         result[key] += 1
+    result["WAITING"] += unopened(study)
     return result

@@ -8,6 +8,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.budget import unopened
 from automl.errors import UsageError
 from automl.keys import FAIL_REASON, FINAL_METRICS, METRIC, N_PARAMETERS, PRUNED_REASON, RUN_ID, SECONDS
 from automl.pruning import curve_of
@@ -78,6 +79,7 @@ def studies_table(storage: optuna.storages.BaseStorage) -> pd.DataFrame:
         counts = {s.name: 0 for s in TrialState}
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name] += 1
+        counts["WAITING"] += unopened(study)  # the budget not queued yet
         multi = is_multi_objective(study)
         best = (champion_trial(study) if pareto_numbers(study) else None) if multi else summary.best_trial
         state = "running" if counts["RUNNING"] else "queued" if counts["WAITING"] else "finished"

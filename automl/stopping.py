@@ -31,6 +31,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.budget import queue_the_rest
 from automl.errors import UsageError
 from automl.keys import (
     FAIL_REASON,
@@ -164,9 +165,12 @@ def should_stop(study: optuna.Study, space: SearchSpace, trials: Iterable[Frozen
     return None
 
 
-def stop_search(study: optuna.Study, storage: optuna.storages.BaseStorage, reason: str) -> int:
-    """Close the queue: claim every WAITING trial (so none is taken from under a worker) and mark it
+def stop_search(study: optuna.Study, storage: optuna.storages.BaseStorage, reason: str,
+                url: str | None = None) -> int:
+    """Close the queue: queue the rest of the budget (automl.budget; `url`: the storage's URL, for
+    its budget lock), claim every WAITING trial (so none is taken from under a worker) and mark it
     FAIL with `not_run` = reason; record the stop on the study. Returns how many were closed."""
+    queue_the_rest(study, url)
     closed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:

@@ -80,9 +80,15 @@ def open_storage(
     return storage
 
 
+def can_lock_budget(url: str) -> bool:
+    """Whether `budget_lock` serialises processes on this storage (SQLite files, PostgreSQL)."""
+    return sqlite_file(url) is not None or sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql"
+
+
 @contextlib.contextmanager
 def budget_lock(url: str, study_name: str) -> Iterator[None]:
-    """Serialise budget top-ups and final summaries of one study across processes."""
+    """Serialise budget top-ups and final summaries of one study across processes (a no-op where
+    `can_lock_budget` is false)."""
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     database = sqlite_file(url)

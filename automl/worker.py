@@ -21,6 +21,7 @@ import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from automl import checks
+from automl.budget import refill_pool
 from automl.errors import FatalError, Terminated, TrialFailed
 from automl.keys import (
     EXPERIMENT_ID,
@@ -145,17 +146,20 @@ class Heartbeat:
 
 
 def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
-    """Atomically take one WAITING trial from the budget pool, or None when the pool is empty."""
-    # one read brings the study's trial cache up to date (it must know the trial) and lists the
-    # pool; the cache re-reads unfinished trials on its next read, so it sees the claim. The
-    # sampler's per-trial snapshot of that cache is renewed by `study.tell` of the previous trial.
-    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, waiting._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
+    """Atomically take one WAITING trial from the budget pool, refilling the pool from the
+    study's budget when it is empty (automl.budget); None once the budget is spent."""
+    while True:
+        # one read brings the study's trial cache up to date (it must know the trial) and lists
+        # the pool; the cache re-reads unfinished trials on its next read, so it sees the claim.
+        # The sampler's per-trial snapshot of that cache is renewed by `study.tell` of the previous trial.
+        for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                    return optuna.Trial(study, waiting._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        if not refill_pool(study, storage.url):
+            return None
 
 
 @dataclass
@@ -357,7 +361,7 @@ def stop_if_done(handle: StudyHandle, tracker: Tracker) -> str | None:
     signals.hold()  # the queue is closed and the stop recorded together
     try:
         try:
-            stop_search(study, handle.storage, reason)
+            stop_search(study, handle.storage, reason, handle.storage.url)
         except STORAGE_ERRORS as e:
             raise FatalError(f"Optuna storage failed while stopping the search: {e}") from e
         tracker.set_tags(handle.parent_run_id, {STOP_REASON_TAG: reason[:5000]})

@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from automl import record
+from automl import budget, record
 from automl.data import load_dataset
 from automl.keys import LATENCY_MS, NOT_RUN, STOP, STOP_REASON_TAG, WARM_START
 from automl.objective import Objective
@@ -266,7 +266,7 @@ def test_warm_start_runs_the_best_earlier_parameters_first(stores, write_space, 
     space = parse_space(new_text, str(path))
     storage = open_storage(stores.storage_url)
     study, created = record.create_or_load("new", storage, space, 0, data.identity())
-    assert created and record.top_up_budget(study, 3) == 3
+    assert created and budget.top_up_budget(study, 3, stores.storage_url, at_least=2) == 3
     placed = warm_start(study, storage, ["source"], k=2, space=space)
     assert placed == [best_first[0].params, best_first[1].params]
     assert warm_start(study, storage, ["source"], k=2, space=space) == []  # again: nothing new

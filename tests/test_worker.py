@@ -8,7 +8,7 @@ import threading
 import optuna
 from optuna.trial import TrialState
 
-from automl import record, storage
+from automl import budget, record, storage
 from automl.data import load_dataset
 from automl.objective import Objective
 from automl.space import parse_space
@@ -24,7 +24,7 @@ def _study(stores: Stores, trials: int) -> tuple:
     tracker = Tracker(stores.tracking_uri)
     study, created = record.create_or_load("w", opened, space, 0, data.identity())
     experiment, parent = record.attach_tracking(study, tracker, {}, data.identity(), print)
-    assert created and record.top_up_budget(study, trials) == trials
+    assert created and budget.top_up_budget(study, trials, stores.storage_url) == trials
     return space, data, opened, tracker, experiment, parent
 
 

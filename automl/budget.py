@@ -1,0 +1,78 @@
+"""The trial budget: how many trials a study runs in all (`--trials`; the study's `automl.budget`
+attribute), held as a small pool of WAITING trials that workers claim.
+
+A worker claims a WAITING trial with an update that succeeds for one worker only. When the pool is
+empty, the claiming worker refills it under `storage.budget_lock`: it counts the study's trials and
+queues at most `POOL_SIZE` more, never beyond the budget. So any number of workers on any number
+of machines run exactly the budget between them, and a study holds only a few queued trials at a
+time. That matters for speed: Optuna re-reads every unfinished trial each time it lists a study's
+trials (each claim, the sampler and the pruner do), so a budget queued whole up front made every
+listing cost more per trial still queued.
+
+Storages whose budget lock cannot serialise processes (other than SQLite and PostgreSQL) get the
+whole budget queued up front instead, as the pool could not be refilled safely there.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from automl.keys import BUDGET
+from automl.storage import budget_lock, can_lock_budget
+
+POOL_SIZE = 4  # queued trials at a time; the pool is refilled when a worker finds it empty
+
+
+def unopened(study: optuna.Study) -> int:
+    """Trials of the budget not queued yet (0 for a study without a budget). Retries of failed
+    trials (`--retry-failed`) come on top of the budget and do not count."""
+    budget = study.user_attrs.get(BUDGET)
+    if budget is None:
+        return 0
+    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+    budgeted = sum(1 for t in study.get_trials(deepcopy=False) if retried(t) is None)
+    return max(0, int(budget) - budgeted)
+
+
+def queued_total(study: optuna.Study) -> int:
+    """Trials still to run: those waiting in the pool and those of the budget not queued yet."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) + unopened(study)
+
+
+def _queue(study: optuna.Study, n: int) -> None:
+    for _ in range(n):
+        study.enqueue_trial({}, skip_if_exists=False)
+
+
+def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 0) -> int:
+    """Make `n_trials` the study's budget and fill the pool to `POOL_SIZE` queued trials (or
+    `at_least`; the whole budget where the storage at `url` has no budget lock). Returns how many
+    trials of the budget were not queued before (the new pool's included). Call under `budget_lock`."""
+    study.set_user_attr(BUDGET, n_trials)
+    gained = unopened(study)
+    if not can_lock_budget(url):
+        _queue(study, gained)
+        return gained
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    _queue(study, min(gained, max(0, max(POOL_SIZE, at_least) - waiting)))
+    return gained
+
+
+def refill_pool(study: optuna.Study, url: str) -> int:
+    """Queue up to `POOL_SIZE` more trials of the budget, under the budget lock of the storage at
+    `url`. Returns how many were queued: 0 once the budget is spent."""
+    if not can_lock_budget(url):
+        return 0  # its whole budget was queued up front
+    with budget_lock(url, study.study_name):
+        n = min(POOL_SIZE, unopened(study))
+        _queue(study, n)
+    return n
+
+
+def queue_the_rest(study: optuna.Study, url: str | None) -> None:
+    """Queue every trial of the budget not queued yet (a stop rule then closes them all)."""
+    if url is None or not unopened(study):
+        return
+    with budget_lock(url, study.study_name):
+        _queue(study, unopened(study))
