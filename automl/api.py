@@ -229,7 +229,8 @@ def _open_study(s: _Search, say: Say) -> int:
     if s.name in names:
         _adopt_stored(s, record.stored_attrs(s.storage, s.name))
     s.tracker = Tracker(s.tracking_uri)
-    with storage.budget_lock(s.storage_url, s.name):
+    # never while another search of this study publishes its summary (that lock first, always)
+    with storage.budget_lock(s.storage_url, s.name, "summary"), storage.budget_lock(s.storage_url, s.name):
         identity = s.data.identity()
         study, created = record.create_or_load(s.name, s.storage, s.space, s.seed, identity)
         s.space = record.keep_algorithms(study, s.space, request.sampler, request.pruner)
@@ -328,7 +329,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             progress.close()
         if stop is None or isinstance(stop, KeyboardInterrupt):  # after a failure nothing more is written
             try:
-                with storage.budget_lock(s.storage_url, s.name):
+                with storage.budget_lock(s.storage_url, s.name, "summary"):
                     if stop is None and s.space.final_seeds > 1:  # the seed-robust champion
                         from automl.final import FinalProcesses, run_final
 

@@ -16,9 +16,9 @@ whole budget queued up front instead, as the pool could not be refilled safely t
 from __future__ import annotations
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from automl.keys import BUDGET
+from automl.keys import BUDGET, FIXED_PARAMS
 from automl.storage import budget_lock, can_lock_budget
 
 POOL_SIZE = 4  # queued trials at a time; the pool is refilled when a worker finds it empty
@@ -45,29 +45,37 @@ def _queue(study: optuna.Study, n: int) -> None:
         study.enqueue_trial({}, skip_if_exists=False)
 
 
+def _waiting(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
 def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 0) -> int:
-    """Make `n_trials` the study's budget and fill the pool to `POOL_SIZE` queued trials (or
-    `at_least`; the whole budget where the storage at `url` has no budget lock). Returns how many
-    trials of the budget were not queued before (the new pool's included). Call under `budget_lock`."""
+    """Make `n_trials` the study's budget and fill the pool to `POOL_SIZE` queued trials (and to
+    `at_least` without fixed parameters, for a warm start; the whole budget where the storage at
+    `url` has no budget lock). Returns how many trials the budget gained. Call under `budget_lock`."""
+    before = unopened(study)
     study.set_user_attr(BUDGET, n_trials)
-    gained = unopened(study)
+    missing = unopened(study)
     if not can_lock_budget(url):
-        _queue(study, gained)
-        return gained
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    _queue(study, min(gained, max(0, max(POOL_SIZE, at_least) - waiting)))
-    return gained
+        _queue(study, missing)
+    else:
+        waiting = _waiting(study)
+        free = [t for t in waiting if not t.system_attrs.get(FIXED_PARAMS)]
+        _queue(study, min(missing, max(0, POOL_SIZE - len(waiting), at_least - len(free))))
+    return max(0, missing - before)
 
 
 def refill_pool(study: optuna.Study, url: str) -> int:
-    """Queue up to `POOL_SIZE` more trials of the budget, under the budget lock of the storage at
-    `url`. Returns how many were queued: 0 once the budget is spent."""
-    if not can_lock_budget(url):
-        return 0  # its whole budget was queued up front
+    """Fill the pool up to `POOL_SIZE` queued trials from the budget, under the budget lock of the
+    storage at `url`. Returns how many trials are queued then: 0 once the budget is spent and the
+    pool empty (the budget lock is then not taken)."""
+    if not can_lock_budget(url) or not unopened(study):
+        return len(_waiting(study))  # the budget is queued whole already
     with budget_lock(url, study.study_name):
-        n = min(POOL_SIZE, unopened(study))
+        waiting = len(_waiting(study))
+        n = min(unopened(study), max(0, POOL_SIZE - waiting))
         _queue(study, n)
-    return n
+    return waiting + n
 
 
 def queue_the_rest(study: optuna.Study, url: str | None) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from automl import checks, keys
+from automl.budget import unopened
 from automl.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -84,7 +85,8 @@ def summary_row(study: optuna.Study, curve: pd.DataFrame) -> dict[str, Any]:
             counts[t.state.name] += 1
     started = [t.datetime_start for t in trials if t.datetime_start is not None]
     finished = [t.datetime_complete for t in trials if t.datetime_complete is not None and t.datetime_start]
-    row: dict[str, Any] = {"study": study.study_name, "trials": len(trials), "complete": counts["COMPLETE"],
+    row: dict[str, Any] = {"study": study.study_name, "trials": len(trials) + unopened(study),
+                           "complete": counts["COMPLETE"],
                            "pruned": counts["PRUNED"], "failed": counts["FAIL"], "best_value": None,
                            "best_trial": None, "time_to_best_s": None,
                            "total_s": (max(finished) - min(started)).total_seconds() if finished else None}

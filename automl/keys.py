@@ -28,3 +28,4 @@ LATENCY_MS = "latency_ms"  # trial user attribute and run metric
 STOP_REASON_TAG = "automl.stop_reason"  # tag on the study's MLflow run
 FINAL_SEEDS = "automl.final_seeds"  # study system attribute: the final phase's seeds, scores and winner
 FINAL_METRICS = "final_metrics"  # the last epoch's metrics (val_loss breaks ties in reports)
+FIXED_PARAMS = "fixed_params"  # Optuna's system attribute for the parameters of an enqueued trial

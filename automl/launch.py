@@ -139,10 +139,11 @@ def wait_for_other_workers(handle: StudyHandle, progress: Progress, deadline: fl
                 progress.trial(_outcome(trial, study))
         busy = [t for t in trials if t.state == TrialState.RUNNING
                 or (include_queued and t.state == TrialState.WAITING)]
-        if not busy and not (include_queued and unopened(study)):
+        pending = len(busy) + (unopened(study) if include_queued else 0)  # the budget not queued yet too
+        if not pending:
             return
         if not announced and progress.bar is None and not progress.quiet:
-            print(f"waiting for {len(busy)} trial(s) on other workers ...", flush=True)
+            print(f"waiting for {pending} trial(s) on other workers ...", flush=True)
             announced = True
         time.sleep(POLL_SECONDS)
 

@@ -7,7 +7,7 @@ bookkeeping: its cache re-reads every unfinished trial, the queued budget includ
 `SNAPSHOT_MAX_AGE_S` old. With one worker no other trial finishes while a trial runs, so the
 pruner decides exactly as on a fresh read; with several workers, a trial finished elsewhere
 since the last reading counts from the next one (within seconds, and at every epoch once epochs
-take longer than that).
+take longer than that). Hyperband reads its bracket's trials itself, so it gains nothing.
 
 Multi-objective searches (`objective.metrics`):
 
@@ -66,6 +66,8 @@ class StudySnapshot:
         self._read_at = 0.0
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_study":  # not set yet (a copy made without __init__)
+            raise AttributeError(name)
         return getattr(self._study, name)
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
@@ -74,7 +76,7 @@ class StudySnapshot:
         if self._trials is None or now - self._read_at > self._max_age_s:
             self._trials = self._study.get_trials(deepcopy=False)
             self._read_at = now
-        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        trials = [t for t in self._trials if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
 
 

@@ -8,7 +8,8 @@ goal or after a run of trials without a new best, and warm starts from earlier s
   samplers' `constraints_func` is deprecated there): `value / limit - 1`, feasible when <= 0. TPE
   ranks infeasible trials below every feasible one, by how far they overshoot.
 - Stopping (`budget.goal`, `budget.patience`): `should_stop` is a pure rule over the study's trials;
-  the worker that sees it fire closes the queue (`stop_search`): every WAITING trial is claimed and
+  the worker that sees it fire closes the queue (`stop_search`): the rest of the budget is queued
+  (automl.budget), every WAITING trial is claimed and
   marked FAIL with the user attribute `not_run` (Optuna cannot delete a trial, and a FAIL trial
   with that mark is never mistaken for a failed one), the study records the stop, and workers
   elsewhere find the queue empty. Trials not run count towards `--trials` as any other trial, so
@@ -35,6 +36,7 @@ from automl.budget import queue_the_rest
 from automl.errors import UsageError
 from automl.keys import (
     FAIL_REASON,
+    FIXED_PARAMS,
     LATENCY_MS,
     METRIC,
     NOT_RUN,
@@ -48,7 +50,6 @@ from automl.space import SearchSpace
 
 # names stored on studies and trials (candidates for automl.keys)
 CONSTRAINT_PREFIX = "constraint: "  # pruned reasons of trials stopped by a constraint
-FIXED_PARAMS = "fixed_params"  # Optuna's system attribute for the parameters of an enqueued trial
 
 LATENCY_WARMUP, LATENCY_REPEATS, EVAL_BATCH = 3, 10, 4096
 
@@ -165,12 +166,11 @@ def should_stop(study: optuna.Study, space: SearchSpace, trials: Iterable[Frozen
     return None
 
 
-def stop_search(study: optuna.Study, storage: optuna.storages.BaseStorage, reason: str,
-                url: str | None = None) -> int:
-    """Close the queue: queue the rest of the budget (automl.budget; `url`: the storage's URL, for
-    its budget lock), claim every WAITING trial (so none is taken from under a worker) and mark it
-    FAIL with `not_run` = reason; record the stop on the study. Returns how many were closed."""
-    queue_the_rest(study, url)
+def stop_search(study: optuna.Study, storage: optuna.storages.BaseStorage, reason: str) -> int:
+    """Close the queue: queue the rest of the budget (automl.budget), claim every WAITING trial (so
+    none is taken from under a worker) and mark it FAIL with `not_run` = reason; record the stop on
+    the study. Returns how many were closed."""
+    queue_the_rest(study, getattr(storage, "url", None))  # an RDB storage's URL keys its budget lock
     closed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from optuna.trial import FrozenTrial
 
 from automl.checks import mask_text, mask_url, sqlite_file
@@ -86,17 +86,26 @@ def can_lock_budget(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def budget_lock(url: str, study_name: str) -> Iterator[None]:
-    """Serialise budget top-ups and final summaries of one study across processes (a no-op where
-    `can_lock_budget` is false)."""
+def budget_lock(url: str, study_name: str, purpose: str = "budget") -> Iterator[None]:
+    """Serialise changes to one study's budget across processes (`purpose` "summary": its final
+    summaries, under a lock of their own); a no-op where `can_lock_budget` is false. SQLite: a file
+    lock in the temporary folder (processes on one machine); PostgreSQL: an advisory lock."""
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     database = sqlite_file(url)
     if database is not None:
-        with FileLock(lock_path(database, f"budget-{study_name}"), timeout=600):
+        lock = FileLock(lock_path(database, f"{purpose}-{study_name}"), timeout=600)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise FatalError(f"the {purpose} lock of study {study_name!r} was held elsewhere for 600 s "
+                             f"({lock.lock_file})") from None
+        try:
             yield
+        finally:
+            lock.release()
     elif backend == "postgresql":
-        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
+        key = int(hashlib.sha256(f"{purpose}:{study_name}".encode()).hexdigest()[:15], 16)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:

@@ -147,7 +147,8 @@ class Heartbeat:
 
 def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
     """Atomically take one WAITING trial from the budget pool, refilling the pool from the
-    study's budget when it is empty (automl.budget); None once the budget is spent."""
+    study's budget when it is empty (automl.budget); None once the budget is spent and the pool
+    empty. Ends: each pass claims a trial or finds the pool refilled from the budget."""
     while True:
         # one read brings the study's trial cache up to date (it must know the trial) and lists
         # the pool; the cache re-reads unfinished trials on its next read, so it sees the claim.
@@ -158,8 +159,11 @@ def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> opt
                     return optuna.Trial(study, waiting._trial_id)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-        if not refill_pool(study, storage.url):
-            return None
+        try:
+            if not refill_pool(study, storage.url):
+                return None
+        except STORAGE_ERRORS as e:  # the search stops, as on any failure of the storage
+            raise FatalError(f"Optuna storage failed while queueing trials of the budget: {e}") from e
 
 
 @dataclass
@@ -300,7 +304,11 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
         optuna.storages.fail_stale_trials(study)
     signals = SignalHold()
     signals.hold()
-    trial = claim_trial(study, handle.storage)
+    try:
+        trial = claim_trial(study, handle.storage)
+    except BaseException:
+        signals.release(raise_pending=False)  # the error on its way says more
+        raise
     if trial is None:
         signals.release()
         return None
@@ -361,7 +369,7 @@ def stop_if_done(handle: StudyHandle, tracker: Tracker) -> str | None:
     signals.hold()  # the queue is closed and the stop recorded together
     try:
         try:
-            stop_search(study, handle.storage, reason, handle.storage.url)
+            stop_search(study, handle.storage, reason)
         except STORAGE_ERRORS as e:
             raise FatalError(f"Optuna storage failed while stopping the search: {e}") from e
         tracker.set_tags(handle.parent_run_id, {STOP_REASON_TAG: reason[:5000]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,8 @@ from optuna.trial import TrialState
 
 from automl import budget, record
 from automl.report import studies_table
-from automl.storage import can_lock_budget, open_storage
+from automl.storage import budget_lock, can_lock_budget, open_storage
+from automl.worker import claim_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,8 +63,8 @@ def test_the_budget_not_queued_yet_counts_as_queued(tmp_path: Path) -> None:
     assert budget.queued_total(study) == 10 and record.counts(study)["WAITING"] == 10
     row = studies_table(open_storage(url)).iloc[0]
     assert row["queued"] == 10 and row["state"] == "queued"
-    # a larger budget on resume: the pool is not topped beyond its size, the rest waits
-    assert budget.top_up_budget(study, 12, url) == 12 - budget.POOL_SIZE
+    # a larger budget on resume: it gains 2, the pool is not topped beyond its size, the rest waits
+    assert budget.top_up_budget(study, 12, url) == 2 and budget.top_up_budget(study, 12, url) == 0
     assert len(study.get_trials()) == budget.POOL_SIZE and budget.queued_total(study) == 12
 
 
@@ -82,10 +84,32 @@ def test_a_storage_without_a_budget_lock_queues_the_whole_budget(tmp_path: Path)
     assert not can_lock_budget(mysql) and can_lock_budget("postgresql://automl@127.0.0.1/automl")
     assert budget.top_up_budget(study, 7, mysql) == 7
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 7
-    assert budget.refill_pool(study, mysql) == 0
+    assert budget.refill_pool(study, mysql) == 7  # nothing added: all of it is queued
 
 
 def test_a_warm_start_gets_a_pool_large_enough_for_its_trials(tmp_path: Path) -> None:
     url, study = _study(tmp_path)
     budget.top_up_budget(study, 20, url, at_least=6)
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 6
+
+
+def _claims_within(seconds: float, study: optuna.Study, storage) -> list:
+    """claim_trial in a thread; what it returned, or nothing if it was still waiting after `seconds`."""
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(claim_trial(study, storage)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return got
+
+
+def test_claims_never_wait_for_another_searchs_summary_nor_for_a_spent_budget(tmp_path: Path) -> None:
+    url, study = _study(tmp_path)
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="b", storage=storage)
+    budget.top_up_budget(study, budget.POOL_SIZE + 1, url)
+    with budget_lock(url, "b", "summary"):  # another search publishing (its final phase may take hours)
+        for _ in range(budget.POOL_SIZE + 1):  # the last claim refills the pool
+            (trial,) = _claims_within(30, study, storage)
+            study.tell(trial, 0.5)
+    with budget_lock(url, "b"):  # held elsewhere: a spent budget is known without it
+        assert _claims_within(30, study, storage) == [None]
