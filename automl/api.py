@@ -150,6 +150,11 @@ class _Search:
     handle: Any = None
     study: Any = None
 
+    @property
+    def in_process(self) -> bool:
+        """Whether this process runs every trial itself (one local worker, at most one GPU)."""
+        return self.request.launcher == "local" and self.workers == 1 and len(self.gpus) <= 1
+
 
 def _check_numbers(request: SearchRequest) -> None:
     """The numeric options (the command line's types check the same)."""
@@ -247,7 +252,7 @@ def _open_study(s: _Search, say: Say) -> int:
             if placed:
                 say(f"  warm start: the first {len(placed)} queued trial(s) run the best parameters of "
                     f"{', '.join(request.warm_start)}")
-    s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed),
+    s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed, s.in_process),
                                   record.make_pruner(s.space), s.seed, experiment_id, parent)
     s.study = study
     sizes = f"{len(s.data.train)}/{len(s.data.val)}/{len(s.data.test)}"
@@ -282,7 +287,7 @@ def _run_trials(s: _Search, progress: Any, deadline: float | None) -> None:
         request.grace_period, request.retry_failed, request.threads, request.quiet)
     if request.launcher == "ray":
         launch.run_ray_workers(run_worker, plan, s.workers)
-    elif s.workers == 1 and len(s.gpus) <= 1:
+    elif s.in_process:
         objective = Objective(s.space, s.data.to(s.device), s.seed)
         worker.run_worker(s.handle, objective, s.tracker, deadline, progress.trial,
                           linger=request.retry_failed > 0)

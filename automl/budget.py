@@ -24,29 +24,33 @@ from automl.storage import budget_lock, can_lock_budget
 POOL_SIZE = 4  # queued trials at a time; the pool is refilled when a worker finds it empty
 
 
-def unopened(study: optuna.Study) -> int:
-    """Trials of the budget not queued yet (0 for a study without a budget). Retries of failed
-    trials (`--retry-failed`) come on top of the budget and do not count."""
+def _pool(study: optuna.Study) -> tuple[list[FrozenTrial], int]:
+    """The queued trials, and how many trials of the budget are not queued yet (0 for a study
+    without a budget), from one reading. Retries of failed trials (`--retry-failed`) come on top
+    of the budget and do not count."""
     budget = study.user_attrs.get(BUDGET)
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
     if budget is None:
-        return 0
+        return waiting, 0
     retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
-    budgeted = sum(1 for t in study.get_trials(deepcopy=False) if retried(t) is None)
-    return max(0, int(budget) - budgeted)
+    return waiting, max(0, int(budget) - sum(1 for t in trials if retried(t) is None))
+
+
+def unopened(study: optuna.Study) -> int:
+    """Trials of the budget not queued yet."""
+    return _pool(study)[1]
 
 
 def queued_total(study: optuna.Study) -> int:
     """Trials still to run: those waiting in the pool and those of the budget not queued yet."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) + unopened(study)
+    waiting, missing = _pool(study)
+    return len(waiting) + missing
 
 
 def _queue(study: optuna.Study, n: int) -> None:
     for _ in range(n):
         study.enqueue_trial({}, skip_if_exists=False)
-
-
-def _waiting(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 0) -> int:
@@ -55,11 +59,10 @@ def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 
     `url` has no budget lock). Returns how many trials the budget gained. Call under `budget_lock`."""
     before = unopened(study)
     study.set_user_attr(BUDGET, n_trials)
-    missing = unopened(study)
+    waiting, missing = _pool(study)
     if not can_lock_budget(url):
         _queue(study, missing)
     else:
-        waiting = _waiting(study)
         free = [t for t in waiting if not t.system_attrs.get(FIXED_PARAMS)]
         _queue(study, min(missing, max(0, POOL_SIZE - len(waiting), at_least - len(free))))
     return max(0, missing - before)
@@ -69,13 +72,14 @@ def refill_pool(study: optuna.Study, url: str) -> int:
     """Fill the pool up to `POOL_SIZE` queued trials from the budget, under the budget lock of the
     storage at `url`. Returns how many trials are queued then: 0 once the budget is spent and the
     pool empty (the budget lock is then not taken)."""
-    if not can_lock_budget(url) or not unopened(study):
-        return len(_waiting(study))  # the budget is queued whole already
+    waiting, missing = _pool(study)
+    if not missing or not can_lock_budget(url):
+        return len(waiting)  # the budget is spent, or queued whole already
     with budget_lock(url, study.study_name):
-        waiting = len(_waiting(study))
-        n = min(unopened(study), max(0, POOL_SIZE - waiting))
+        waiting, missing = _pool(study)
+        n = min(missing, max(0, POOL_SIZE - len(waiting)))
         _queue(study, n)
-    return waiting + n
+    return len(waiting) + n
 
 
 def queue_the_rest(study: optuna.Study, url: str | None) -> None:

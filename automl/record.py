@@ -36,11 +36,17 @@ from automl.space import SearchSpace, parse_space
 from automl.tracking import Tracker
 
 
-def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded."""
+def make_sampler(space: SearchSpace, seed: int, alone: bool = False) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded. `alone`: the search's only worker. TPE's constant liar (on by
+    default since Optuna 5) then stays off unless the space sets it: it only weighs other workers'
+    running trials, so a lone worker samples the same values without it, and it costs a fresh
+    reading of the study's trials for every value sampled."""
     info = SAMPLERS[space.sampler]
     seeded = {"seed": seed} if info.seeded else {}
-    return resolve(info.cls)(**space.sampler_options, **seeded)
+    options = dict(space.sampler_options)
+    if alone and space.sampler == "tpe":
+        options.setdefault("constant_liar", False)
+    return resolve(info.cls)(**options, **seeded)
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:

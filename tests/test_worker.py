@@ -79,3 +79,12 @@ def test_a_worker_keeps_one_study_and_its_sampler_sees_every_finished_trial(stor
     handle = record.StudyHandle("w", opened, space, sampler, record.make_pruner(space), 0, experiment, parent)
     assert run_worker(handle, Objective(space, data, 0), tracker) == 4
     assert sampler.seen == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_a_lone_worker_samples_without_the_constant_liar_unless_the_space_asks() -> None:
+    tpe = parse_space(TINY_SPACE.replace("sampler: {name: random}", "sampler: {name: tpe}"), "tpe.yaml")
+    assert record.make_sampler(tpe, 0, alone=True)._constant_liar is False
+    assert record.make_sampler(tpe, 0)._constant_liar is True  # Optuna 5's default, for several workers
+    asked = parse_space(TINY_SPACE.replace("sampler: {name: random}",
+                                           "sampler: {name: tpe, options: {constant_liar: true}}"), "asked.yaml")
+    assert record.make_sampler(asked, 0, alone=True)._constant_liar is True
