@@ -215,7 +215,7 @@ def _adopt_stored(s: _Search, attrs: dict[str, Any]) -> None:
 
 
 def _open_study(s: _Search, say: Say) -> int:
-    """Create or resume the study, its MLflow run and its budget. Returns how many trials were queued."""
+    """Create or resume the study, its MLflow run and its budget. Returns how many trials the budget gained."""
     import optuna
 
     from automl import budget, record, stopping, storage
@@ -234,29 +234,30 @@ def _open_study(s: _Search, say: Say) -> int:
     if s.name in names:
         _adopt_stored(s, record.stored_attrs(s.storage, s.name))
     s.tracker = Tracker(s.tracking_uri)
-    # never while another search of this study publishes its summary (that lock first, always)
-    with storage.budget_lock(s.storage_url, s.name, "summary"), storage.budget_lock(s.storage_url, s.name):
+    # never while another search of this study opens it or publishes its summary; the budget lock
+    # (which the workers' refills take) only while the budget changes
+    with storage.budget_lock(s.storage_url, s.name, "summary"):
         identity = s.data.identity()
         study, created = record.create_or_load(s.name, s.storage, s.space, s.seed, identity)
         s.space = record.keep_algorithms(study, s.space, request.sampler, request.pruner)
         record.check_tracking(study, s.tracker)
         experiment_id, parent = record.attach_tracking(study, s.tracker, _study_params(s), identity, say)
-        n_trials = request.trials or s.space.trials
-        queued = budget.top_up_budget(study, n_trials, s.storage_url,
-                                      at_least=request.warm_start_k if request.warm_start else 0)
+        with storage.budget_lock(s.storage_url, s.name):
+            queued = budget.top_up_budget(study, request.trials or s.space.trials, s.storage_url,
+                                          at_least=request.warm_start_k if request.warm_start else 0)
+            n_trials = budget.budget_of(study)
+            placed = (stopping.warm_start(study, s.storage, list(request.warm_start), s.space,
+                                          k=request.warm_start_k) if request.warm_start else [])
         if queued and keys.STOP_REASON_TAG in s.tracker.tags(parent):  # a larger budget goes on
             s.tracker.delete_tag(parent, keys.STOP_REASON_TAG)
-        if request.warm_start:
-            placed = stopping.warm_start(study, s.storage, list(request.warm_start), s.space,
-                                         k=request.warm_start_k)
-            if placed:
-                say(f"  warm start: the first {len(placed)} queued trial(s) run the best parameters of "
-                    f"{', '.join(request.warm_start)}")
-    s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed, s.in_process),
+        if placed:
+            say(f"  warm start: the first {len(placed)} queued trial(s) run the best parameters of "
+                f"{', '.join(request.warm_start or [])}")
+    s.handle = record.StudyHandle(s.name, s.storage, s.space, record.make_sampler(s.space, s.seed),
                                   record.make_pruner(s.space), s.seed, experiment_id, parent)
     s.study = study
     sizes = f"{len(s.data.train)}/{len(s.data.val)}/{len(s.data.test)}"
-    say(f"study {s.name}: {'created' if created else 'resumed'}, {n_trials} trials in all, {queued} queued "
+    say(f"study {s.name}: {'created' if created else 'resumed'}, {n_trials} trials in all, {queued} more "
         f"now; data {s.data.name} (train/val/test {sizes}); device {s.device}; workers {s.workers}")
     say(f"  optuna storage {checks.mask_url(s.storage_url)}; mlflow {checks.mask_url(s.tracking_uri)} "
         f"(experiment {experiment_id}, run {parent})")

@@ -37,6 +37,11 @@ def _pool(study: optuna.Study) -> tuple[list[FrozenTrial], int]:
     return waiting, max(0, int(budget) - sum(1 for t in trials if retried(t) is None))
 
 
+def budget_of(study: optuna.Study) -> int:
+    """The study's budget: how many trials it runs in all, retries aside (0 before it has one)."""
+    return int(study.user_attrs.get(BUDGET) or 0)
+
+
 def unopened(study: optuna.Study) -> int:
     """Trials of the budget not queued yet."""
     return _pool(study)[1]
@@ -54,11 +59,11 @@ def _queue(study: optuna.Study, n: int) -> None:
 
 
 def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 0) -> int:
-    """Make `n_trials` the study's budget and fill the pool to `POOL_SIZE` queued trials (and to
+    """Make `n_trials` the study's budget (a larger one stays) and fill the pool to `POOL_SIZE` queued trials (and to
     `at_least` without fixed parameters, for a warm start; the whole budget where the storage at
     `url` has no budget lock). Returns how many trials the budget gained. Call under `budget_lock`."""
     before = unopened(study)
-    study.set_user_attr(BUDGET, n_trials)
+    study.set_user_attr(BUDGET, max(n_trials, budget_of(study)))  # never lowered: other searches may share it
     waiting, missing = _pool(study)
     if not can_lock_budget(url):
         _queue(study, missing)

@@ -36,17 +36,21 @@ from automl.space import SearchSpace, parse_space
 from automl.tracking import Tracker
 
 
-def make_sampler(space: SearchSpace, seed: int, alone: bool = False) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded. `alone`: the search's only worker. TPE's constant liar (on by
-    default since Optuna 5) then stays off unless the space sets it: it only weighs other workers'
-    running trials, so a lone worker samples the same values without it, and it costs a fresh
-    reading of the study's trials for every value sampled."""
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded."""
     info = SAMPLERS[space.sampler]
     seeded = {"seed": seed} if info.seeded else {}
-    options = dict(space.sampler_options)
-    if alone and space.sampler == "tpe":
-        options.setdefault("constant_liar", False)
-    return resolve(info.cls)(**options, **seeded)
+    return resolve(info.cls)(**space.sampler_options, **seeded)
+
+
+def lie_while_others_run(sampler: optuna.samplers.BaseSampler, others_running: bool) -> None:
+    """Whether TPE's constant liar (on by default since Optuna 5, or as the space sets it) is used
+    for the trial about to be sampled: only while another trial runs. The liar weighs the trials
+    running elsewhere; with none it changes no value sampled, yet it reads the study's trials
+    afresh for every value. Other samplers are left alone."""
+    if isinstance(sampler, optuna.samplers.TPESampler) and hasattr(sampler, "_constant_liar"):
+        configured = sampler.__dict__.setdefault("_automl_constant_liar", sampler._constant_liar)
+        sampler._constant_liar = configured and others_running
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:

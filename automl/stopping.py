@@ -170,7 +170,8 @@ def stop_search(study: optuna.Study, storage: optuna.storages.BaseStorage, reaso
     """Close the queue: queue the rest of the budget (automl.budget), claim every WAITING trial (so
     none is taken from under a worker) and mark it FAIL with `not_run` = reason; record the stop on
     the study. Returns how many were closed."""
-    queue_the_rest(study, getattr(storage, "url", None))  # an RDB storage's URL keys its budget lock
+    rdb = getattr(storage, "_backend", storage)  # an RDB storage, or Optuna's cache around one
+    queue_the_rest(study, getattr(rdb, "url", None))  # its URL keys the budget lock
     closed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:

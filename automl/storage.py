@@ -18,6 +18,8 @@ from automl.checks import mask_text, mask_url, sqlite_file
 from automl.errors import FatalError, UsageError
 from automl.locks import SQLITE_TIMEOUT_S, creation_lock, lock_path, storage_exists
 
+BUDGET_LOCK_TIMEOUT_S = 600  # a budget change takes milliseconds; longer means a stuck process
+
 
 def quiet_optuna() -> None:
     """Optuna's INFO lines and experimental-feature warnings would drown this tool's own lines."""
@@ -87,29 +89,34 @@ def can_lock_budget(url: str) -> bool:
 
 @contextlib.contextmanager
 def budget_lock(url: str, study_name: str, purpose: str = "budget") -> Iterator[None]:
-    """Serialise changes to one study's budget across processes (`purpose` "summary": its final
-    summaries, under a lock of their own); a no-op where `can_lock_budget` is false. SQLite: a file
-    lock in the temporary folder (processes on one machine); PostgreSQL: an advisory lock."""
-    parsed = sqlalchemy.engine.make_url(url)
-    backend = parsed.get_backend_name()
+    """Serialise changes to one study's budget across processes (waiting at most 600 s, then a
+    FatalError), or with `purpose` "summary" its final summaries (waiting as long as another
+    search's final phase takes); a no-op where `can_lock_budget` is false. SQLite: a file lock in
+    the temporary folder (processes on one machine); PostgreSQL: an advisory lock."""
+    timeout = BUDGET_LOCK_TIMEOUT_S if purpose == "budget" else None
+    held_elsewhere = f"the {purpose} lock of study {study_name!r} was held elsewhere for {timeout} s"
     database = sqlite_file(url)
     if database is not None:
-        lock = FileLock(lock_path(database, f"{purpose}-{study_name}"), timeout=600)
+        lock = FileLock(lock_path(database, f"{purpose}-{study_name}"), timeout=-1 if timeout is None else timeout)
         try:
             lock.acquire()
         except Timeout:
-            raise FatalError(f"the {purpose} lock of study {study_name!r} was held elsewhere for 600 s "
-                             f"({lock.lock_file})") from None
+            raise FatalError(f"{held_elsewhere} ({lock.lock_file})") from None
         try:
             yield
         finally:
             lock.release()
-    elif backend == "postgresql":
+    elif sqlalchemy.engine.make_url(url).get_backend_name() == "postgresql":
         key = int(hashlib.sha256(f"{purpose}:{study_name}".encode()).hexdigest()[:15], 16)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                if timeout is not None:  # applies to advisory locks too
+                    conn.execute(sqlalchemy.text(f"SET lock_timeout = '{timeout}s'"))
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                except sqlalchemy.exc.OperationalError:
+                    raise FatalError(held_elsewhere) from None
                 try:
                     yield
                 finally:

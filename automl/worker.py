@@ -35,7 +35,7 @@ from automl.keys import (
     WORKER,
 )
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
-from automl.record import StudyHandle
+from automl.record import StudyHandle, lie_while_others_run
 from automl.recorder import Recorder
 from automl.selection import champion_trial, primary_value
 from automl.signals import SignalHold
@@ -145,20 +145,31 @@ class Heartbeat:
             self.thread.join(timeout=5)
 
 
-def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial | None:
+def claim_trial(study: optuna.Study, storage: optuna.storages.RDBStorage,
+                signals: SignalHold | None = None) -> optuna.Trial | None:
     """Atomically take one WAITING trial from the budget pool, refilling the pool from the
     study's budget when it is empty (automl.budget); None once the budget is spent and the pool
-    empty. Ends: each pass claims a trial or finds the pool refilled from the budget."""
+    empty. Ends: each pass claims a trial or finds the pool refilled from the budget.
+
+    With `signals`: they are held from each attempt to claim on (the caller releases them once the
+    claimed trial is open), and not while the pool is refilled, which may wait for the budget lock.
+    TPE's constant liar is set for the claimed trial (`record.lie_while_others_run`)."""
     while True:
+        if signals is not None:
+            signals.hold()
         # one read brings the study's trial cache up to date (it must know the trial) and lists
         # the pool; the cache re-reads unfinished trials on its next read, so it sees the claim.
         # The sampler's per-trial snapshot of that cache is renewed by `study.tell` of the previous trial.
-        for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trials = study.get_trials(deepcopy=False)
+        for waiting in (t for t in trials if t.state == TrialState.WAITING):
             try:
                 if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                    lie_while_others_run(study.sampler, any(t.state == TrialState.RUNNING for t in trials))
                     return optuna.Trial(study, waiting._trial_id)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
+        if signals is not None:
+            signals.release()  # nothing claimed: a signal held meanwhile is raised here
         try:
             if not refill_pool(study, storage.url):
                 return None
@@ -303,14 +314,12 @@ def run_next_trial(handle: StudyHandle, objective: Objective, tracker: Tracker,
     if check_stale:
         optuna.storages.fail_stale_trials(study)
     signals = SignalHold()
-    signals.hold()
     try:
-        trial = claim_trial(study, handle.storage)
+        trial = claim_trial(study, handle.storage, signals)
     except BaseException:
         signals.release(raise_pending=False)  # the error on its way says more
         raise
     if trial is None:
-        signals.release()
         return None
     storage = handle.storage
     value: float | None = None

@@ -66,6 +66,8 @@ def test_the_budget_not_queued_yet_counts_as_queued(tmp_path: Path) -> None:
     # a larger budget on resume: it gains 2, the pool is not topped beyond its size, the rest waits
     assert budget.top_up_budget(study, 12, url) == 2 and budget.top_up_budget(study, 12, url) == 0
     assert len(study.get_trials()) == budget.POOL_SIZE and budget.queued_total(study) == 12
+    # a smaller one (another search of the study with its space's default) lowers nothing
+    assert budget.top_up_budget(study, 5, url) == 0 and budget.budget_of(study) == 12
 
 
 def test_a_retry_of_a_failed_trial_comes_on_top_of_the_budget(tmp_path: Path) -> None:

@@ -81,10 +81,20 @@ def test_a_worker_keeps_one_study_and_its_sampler_sees_every_finished_trial(stor
     assert sampler.seen == {0: 0, 1: 1, 2: 2, 3: 3}
 
 
-def test_a_lone_worker_samples_without_the_constant_liar_unless_the_space_asks() -> None:
-    tpe = parse_space(TINY_SPACE.replace("sampler: {name: random}", "sampler: {name: tpe}"), "tpe.yaml")
-    assert record.make_sampler(tpe, 0, alone=True)._constant_liar is False
-    assert record.make_sampler(tpe, 0)._constant_liar is True  # Optuna 5's default, for several workers
-    asked = parse_space(TINY_SPACE.replace("sampler: {name: random}",
-                                           "sampler: {name: tpe, options: {constant_liar: true}}"), "asked.yaml")
-    assert record.make_sampler(asked, 0, alone=True)._constant_liar is True
+def test_tpe_lies_only_for_a_trial_claimed_while_another_runs(stores: Stores) -> None:
+    _, _, opened, *_ = _study(stores, 3)
+    space = parse_space(TINY_SPACE.replace("sampler: {name: random}", "sampler: {name: tpe}"), "tpe.yaml")
+    sampler = record.make_sampler(space, 0)
+    assert sampler._constant_liar is True  # Optuna 5's default: it weighs other workers' running trials
+    study = optuna.load_study(study_name="w", storage=opened, sampler=sampler)
+    first = claim_trial(study, opened)  # nothing else runs: the liar would change no value
+    assert first is not None and sampler._constant_liar is False
+    second = claim_trial(study, opened)  # the first still runs
+    assert second is not None and sampler._constant_liar is True
+    study.tell(first, 0.5)
+    study.tell(second, 0.5)
+    assert claim_trial(study, opened) is not None and sampler._constant_liar is False
+    honest = record.make_sampler(parse_space(TINY_SPACE.replace(
+        "sampler: {name: random}", "sampler: {name: tpe, options: {constant_liar: false}}"), "honest.yaml"), 0)
+    record.lie_while_others_run(honest, True)
+    assert honest._constant_liar is False  # a space that turns it off keeps it off
