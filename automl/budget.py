@@ -1,13 +1,14 @@
-"""The trial budget: how many trials a study runs in all (`--trials`; the study's `automl.budget`
-attribute), held as a small pool of WAITING trials that workers claim.
+"""The trial budget: how many trials a study runs in all (`--trials`; the study's
+`automl.n_trials` attribute), held as a small pool of WAITING trials that workers claim.
 
 A worker claims a WAITING trial with an update that succeeds for one worker only. When the pool is
-empty, the claiming worker refills it under `storage.budget_lock`: it counts the study's trials and
-queues at most `POOL_SIZE` more, never beyond the budget. So any number of workers on any number
-of machines run exactly the budget between them, and a study holds only a few queued trials at a
-time. That matters for speed: Optuna re-reads every unfinished trial each time it lists a study's
-trials (each claim, the sampler and the pruner do), so a budget queued whole up front made every
-listing cost more per trial still queued.
+empty, the claiming worker fills it back to `POOL_SIZE` trials under `storage.budget_lock`,
+counting the study's trials, never beyond the budget. So any number of workers run exactly the
+budget between them (on SQLite: processes on one machine that share its temporary folder, where
+the lock lives; on PostgreSQL: any number of machines), and a study holds only a few queued
+trials at a time. That matters for speed: Optuna re-reads every unfinished trial each time it
+lists a study's trials (each claim, the sampler and the pruner do), so a budget queued whole up
+front made every listing cost more per trial still queued (`benchmarks/listing.py`).
 
 Storages whose budget lock cannot serialise processes (other than SQLite and PostgreSQL) get the
 whole budget queued up front instead, as the pool could not be refilled safely there.
