@@ -305,7 +305,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     run FAILED and is raised."""
     with _collector_paused():
         from automl import storage
-        from automl.budget import queued_total, unopened
+        from automl.budget import pool
         from automl.progress import Progress
         from automl.publish import finalize, log_plots
         from automl.storage import quiet_optuna
@@ -318,8 +318,9 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         from automl.plots import PlotJob
     plots: PlotJob | None = None
     deadline = time.monotonic() + s.timeout if s.timeout else None
-    in_study = len(s.study.get_trials(deepcopy=False)) + unopened(s.study)
-    progress = Progress(in_study, in_study - queued_total(s.study), s.space.metric, request.quiet)
+    planned = pool(s.study)  # one reading: trials in all (the budget not queued yet too), those done
+    progress = Progress(planned.n_trials + planned.unopened, planned.n_trials - len(planned.waiting),
+                        s.space.metric, request.quiet)
     stop: BaseException | None = None
     status = "FINISHED"
     best = result = None

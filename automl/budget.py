@@ -16,6 +16,8 @@ whole budget queued up front instead, as the pool could not be refilled safely t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -25,17 +27,32 @@ from automl.storage import budget_lock, can_lock_budget
 POOL_SIZE = 4  # queued trials at a time; the pool is refilled when a worker finds it empty
 
 
-def _pool(study: optuna.Study) -> tuple[list[FrozenTrial], int]:
-    """The queued trials, and how many trials of the budget are not queued yet (0 for a study
-    without a budget), from one reading. Retries of failed trials (`--retry-failed`) come on top
-    of the budget and do not count."""
-    budget = study.user_attrs.get(BUDGET)
+class Pool(NamedTuple):
+    """A study's budget as one reading of its trials shows it."""
+
+    waiting: list[FrozenTrial]  # queued, not claimed yet
+    n_trials: int  # trials in the study, of any state
+    budgeted: int  # of those, the ones that count towards the budget (retries come on top)
+    budget: int  # the budget (0 for a study without one)
+
+    @property
+    def unopened(self) -> int:
+        """Trials of the budget not queued yet."""
+        return max(0, self.budget - self.budgeted)
+
+    @property
+    def to_run(self) -> int:
+        """Trials still to run: those queued and those of the budget not queued yet."""
+        return len(self.waiting) + self.unopened
+
+
+def pool(study: optuna.Study) -> Pool:
+    """The study's budget and queued trials, from one reading of its trials."""
+    budget = budget_of(study)
     trials = study.get_trials(deepcopy=False)
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    if budget is None:
-        return waiting, 0
     retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
-    return waiting, max(0, int(budget) - sum(1 for t in trials if retried(t) is None))
+    return Pool([t for t in trials if t.state == TrialState.WAITING], len(trials),
+                sum(1 for t in trials if retried(t) is None), budget)
 
 
 def budget_of(study: optuna.Study) -> int:
@@ -45,13 +62,7 @@ def budget_of(study: optuna.Study) -> int:
 
 def unopened(study: optuna.Study) -> int:
     """Trials of the budget not queued yet."""
-    return _pool(study)[1]
-
-
-def queued_total(study: optuna.Study) -> int:
-    """Trials still to run: those waiting in the pool and those of the budget not queued yet."""
-    waiting, missing = _pool(study)
-    return len(waiting) + missing
+    return pool(study).unopened
 
 
 def _queue(study: optuna.Study, n: int) -> None:
@@ -60,32 +71,33 @@ def _queue(study: optuna.Study, n: int) -> None:
 
 
 def top_up_budget(study: optuna.Study, n_trials: int, url: str, at_least: int = 0) -> int:
-    """Make `n_trials` the study's budget (a larger one stays) and fill the pool to `POOL_SIZE` queued trials (and to
-    `at_least` without fixed parameters, for a warm start; the whole budget where the storage at
-    `url` has no budget lock). Returns how many trials the budget gained. Call under `budget_lock`."""
-    before = unopened(study)
-    study.set_user_attr(BUDGET, max(n_trials, budget_of(study)))  # never lowered: other searches may share it
-    waiting, missing = _pool(study)
+    """Make `n_trials` the study's budget (a larger one stays) and fill the pool to `POOL_SIZE`
+    queued trials (and to `at_least` without fixed parameters, for a warm start; the whole budget
+    where the storage at `url` has no budget lock). Returns how many trials the budget gained.
+    Call under `budget_lock`."""
+    before = pool(study)
+    now = before._replace(budget=max(n_trials, before.budget))  # never lowered: other searches may share it
+    study.set_user_attr(BUDGET, now.budget)
     if not can_lock_budget(url):
-        _queue(study, missing)
+        _queue(study, now.unopened)
     else:
-        free = [t for t in waiting if not t.system_attrs.get(FIXED_PARAMS)]
-        _queue(study, min(missing, max(0, POOL_SIZE - len(waiting), at_least - len(free))))
-    return max(0, missing - before)
+        free = [t for t in now.waiting if not t.system_attrs.get(FIXED_PARAMS)]
+        _queue(study, min(now.unopened, max(0, POOL_SIZE - len(now.waiting), at_least - len(free))))
+    return now.unopened - before.unopened
 
 
 def refill_pool(study: optuna.Study, url: str) -> int:
     """Fill the pool up to `POOL_SIZE` queued trials from the budget, under the budget lock of the
     storage at `url`. Returns how many trials are queued then: 0 once the budget is spent and the
     pool empty (the budget lock is then not taken)."""
-    waiting, missing = _pool(study)
-    if not missing or not can_lock_budget(url):
-        return len(waiting)  # the budget is spent, or queued whole already
+    seen = pool(study)
+    if not seen.unopened or not can_lock_budget(url):
+        return len(seen.waiting)  # the budget is spent, or queued whole already
     with budget_lock(url, study.study_name):
-        waiting, missing = _pool(study)
-        n = min(missing, max(0, POOL_SIZE - len(waiting)))
+        seen = pool(study)
+        n = min(seen.unopened, max(0, POOL_SIZE - len(seen.waiting)))
         _queue(study, n)
-    return len(waiting) + n
+    return len(seen.waiting) + n
 
 
 def queue_the_rest(study: optuna.Study, url: str | None) -> None:

@@ -118,7 +118,6 @@ def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-
 class Heartbeat:
     """Records the trial's heartbeat every interval in a daemon thread (RDB storages only)."""
 

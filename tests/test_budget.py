@@ -60,12 +60,12 @@ def test_the_budget_not_queued_yet_counts_as_queued(tmp_path: Path) -> None:
     url, study = _study(tmp_path)
     budget.top_up_budget(study, 10, url)
     assert budget.unopened(study) == 10 - budget.POOL_SIZE
-    assert budget.queued_total(study) == 10 and record.counts(study)["WAITING"] == 10
+    assert budget.pool(study).to_run == 10 and record.counts(study)["WAITING"] == 10
     row = studies_table(open_storage(url)).iloc[0]
     assert row["queued"] == 10 and row["state"] == "queued"
     # a larger budget on resume: it gains 2, the pool is not topped beyond its size, the rest waits
     assert budget.top_up_budget(study, 12, url) == 2 and budget.top_up_budget(study, 12, url) == 0
-    assert len(study.get_trials()) == budget.POOL_SIZE and budget.queued_total(study) == 12
+    assert len(study.get_trials()) == budget.POOL_SIZE and budget.pool(study).to_run == 12
     # a smaller one (another search of the study with its space's default) lowers nothing
     assert budget.top_up_budget(study, 5, url) == 0 and budget.budget_of(study) == 12
 
