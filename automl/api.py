@@ -146,9 +146,10 @@ class _Search:
     data: Any = None
     timeout: float | None = None  # no new trial starts after this many seconds
     storage: Any = None
-    tracker: Any = None
+    tracker: Any = None  # a Tracker, or a RemoteTracker whose MLflow calls `mlflow_process` makes
     handle: Any = None
     study: Any = None
+    mlflow_process: Any = None  # automl.recorder.Recorder, forked as the search starts
 
     @property
     def in_process(self) -> bool:
@@ -214,15 +215,40 @@ def _adopt_stored(s: _Search, attrs: dict[str, Any]) -> None:
         s.data = _load_data(s.space, s.seed, request.data_dir, request.download, request.data)
 
 
+def _tracker(s: _Search) -> Any:
+    """The search's tracker: a `RemoteTracker` where the search has its MLflow process (the store
+    is opened there meanwhile), else a `Tracker` made here."""
+    from automl.recorder import RemoteTracker
+
+    if s.mlflow_process is not None:
+        return RemoteTracker(s.mlflow_process, s.tracking_uri)
+    from automl.tracking import Tracker
+
+    return Tracker(s.tracking_uri)
+
+
+def _opening_creates_nothing(uri: str) -> bool:
+    """An SQLite store that exists, or a tracking server: opening it before the study's inputs are
+    all checked leaves nothing behind (other databases get MLflow's tables)."""
+    from automl.locks import storage_exists
+
+    if checks.sqlite_file(uri) is not None:
+        return storage_exists(uri)
+    return uri.startswith(("http://", "https://"))
+
+
 def _open_study(s: _Search, say: Say) -> int:
     """Create or resume the study, its MLflow run and its budget. Returns how many trials the budget gained."""
     import optuna
 
     from automl import budget, record, stopping, storage
-    from automl.tracking import Tracker
+    from automl.recorder import RemoteTracker
     from automl.worker import close_stale_run
 
     request = s.request
+    early = None  # the MLflow process opens the store while Optuna's opens here, where that creates nothing
+    if s.mlflow_process is not None and _opening_creates_nothing(s.tracking_uri):
+        early = _tracker(s)
     s.storage = storage.open_storage(s.storage_url, request.heartbeat_interval, request.grace_period,
                                      close_stale_run(request.tracking_uri, request.retry_failed))
     names = optuna.study.get_all_study_names(s.storage)
@@ -233,7 +259,9 @@ def _open_study(s: _Search, say: Say) -> int:
             raise UsageError(f"--warm-start: no study named {source!r} in {checks.mask_url(s.storage_url)}")
     if s.name in names:
         _adopt_stored(s, record.stored_attrs(s.storage, s.name))
-    s.tracker = Tracker(s.tracking_uri)
+    s.tracker = early if early is not None and early.uri == s.tracking_uri else _tracker(s)
+    if isinstance(s.tracker, RemoteTracker):
+        s.tracker.ready()  # a store that cannot be opened stops the search before the study is made
     # never while another search of this study opens it or publishes its summary; the budget lock
     # (which the workers' refills take) only while the budget changes
     with storage.budget_lock(s.storage_url, s.name, "summary"):
@@ -304,18 +332,28 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     study run is closed KILLED, then the interrupt is raised again. A fatal error closes the study
     run FAILED and is raised."""
     with _collector_paused():
-        from automl import storage
-        from automl.budget import pool
-        from automl.progress import Progress
-        from automl.publish import finalize, log_plots
-        from automl.storage import quiet_optuna
-        from automl.tracking import REASON_TAG
+        from automl.recorder import Recorder
 
-        quiet_optuna()
-        s = _prepare(request)
-        _setup_threads(request.threads)
-        _open_study(s, say)
-        from automl.plots import PlotJob
+        # first of all: the process that makes every MLflow call imports MLflow meanwhile
+        mlflow_process = Recorder.fork()
+        try:
+            from automl import storage
+            from automl.budget import pool
+            from automl.progress import Progress
+            from automl.publish import finalize, log_plots
+            from automl.runs import REASON_TAG
+            from automl.storage import quiet_optuna
+
+            quiet_optuna()
+            s = _prepare(request)
+            s.mlflow_process = mlflow_process
+            _setup_threads(request.threads)
+            _open_study(s, say)
+            from automl.plots import PlotJob
+        except BaseException:
+            if mlflow_process is not None:
+                mlflow_process.abandon()
+            raise
     plots: PlotJob | None = None
     deadline = time.monotonic() + s.timeout if s.timeout else None
     planned = pool(s.study)  # one reading: trials in all (the budget not queued yet too), those done
@@ -363,7 +401,11 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
             plots.cleanup()
         with _closing_errors(stop):
             why = {REASON_TAG: str(stop)[:5000]} if status == "FAILED" and stop is not None else None
-            s.tracker.set_status(s.handle.parent_run_id, status, why)
+            try:
+                s.tracker.set_status(s.handle.parent_run_id, status, why)
+            finally:
+                if s.mlflow_process is not None:  # after writing what it was sent, runs left open closed
+                    s.mlflow_process.close(raise_signal=False)
         s.storage.engine.dispose()  # SQLite removes its -wal/-shm files with the last connection
     if stop is not None:
         raise stop

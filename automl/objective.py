@@ -23,10 +23,10 @@ from automl.keys import FINAL_METRICS, LATENCY_MS, N_PARAMETERS
 from automl.model import build_model, count_parameters
 from automl.pruning import StudySnapshot, prune_reason, record_curve, should_prune
 from automl.registries import improves
+from automl.runs import NullTrialRun, RunRecords
 from automl.selection import dominates
 from automl.space import SearchSpace, suggest
 from automl.stopping import check_constraints, forward_latency_ms
-from automl.tracking import NullTrialRun, RunRecords
 from automl.train import NonFiniteLoss, fit
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (optuna.exceptions.StorageInternalError,)

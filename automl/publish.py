@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -22,9 +22,12 @@ from automl.plots import PlotJob
 from automl.record import StudyHandle, counts
 from automl.registries import improves
 from automl.report import trials_table
+from automl.runs import BEST_DIR, BEST_TRIAL_TAG, FINAL_WEIGHTS_DIR, WEIGHTS_DIR
 from automl.selection import champion_trial, final_record, final_winner
-from automl.tracking import BEST_DIR, BEST_TRIAL_TAG, FINAL_WEIGHTS_DIR, WEIGHTS_DIR, Tracker
 from automl.train import evaluate
+
+if TYPE_CHECKING:
+    from automl.tracking import Tracker
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -33,7 +33,9 @@ from automl.keys import (
 from automl.registries import PRUNERS, SAMPLERS, resolve
 from automl.selection import SELECT
 from automl.space import SearchSpace, parse_space
-from automl.tracking import Tracker
+
+if TYPE_CHECKING:
+    from automl.tracking import Tracker
 
 
 def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:

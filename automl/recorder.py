@@ -1,5 +1,6 @@
-"""Trial runs recorded by a child process, so a trial's MLflow writes cost the training process
-almost nothing.
+"""MLflow written by a child process: the trials' runs, so that a trial's MLflow writes cost the
+training process almost nothing, and (`Recorder.fork`, `RemoteTracker`) every MLflow call of a
+search, so that its process never imports MLflow.
 
 A trial's MLflow records (creating its child run, its dataset input, parameters, per-epoch
 metrics, weights, its closing tags and status) take about 20 ms of Python per trial in SQLAlchemy
@@ -16,34 +17,53 @@ The child leaves Ctrl-C and SIGTERM to the training process, and ends once that 
 closed it or is gone (what was sent before a kill -9 is still written, buffered epochs included).
 Where fork does not exist or a child cannot be made (inside a daemonic process), the trials are
 recorded inline.
+
+`Recorder.fork` makes the child before the search imports torch or MLflow: the child imports
+MLflow while the search imports torch and loads its data, opens the tracking store while the search
+opens Optuna's (`RemoteTracker`), and once idle imports what logging the best model needs.
+A `RemoteTracker` is the search's `Tracker`: each call is sent to the child, which makes it with
+its own `Tracker`, and waits for the answer (the value, or the error, raised here); the trials'
+records go down the same queue, so everything is written in the order it was made. A call whose
+arguments the child cannot read (a network class defined where the child cannot import it) is
+made in this process instead, and so is logging the best model (which runs the network) when
+this process had imported torch before the fork (a second search in one process, a notebook):
+a child must not run torch in the thread pools it inherited from a parent that used them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl.checks import mask_url
 from automl.errors import AutomlError
+from automl.runs import REASON_TAG, RunRecords, TrackingError, downloaded, now_ms
 from automl.signals import SignalHold
-from automl.tracking import REASON_TAG, Tracker, TrackingError, _now_ms
+
+if TYPE_CHECKING:
+    from automl.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 600  # the longest `close` waits for the child to write what it was sent
 LEFT_OPEN = "the search ended before this run was closed"  # the reason on a run `close` ends
+# what logging the best model imports, imported by a forked child once it is idle
+WARM_UP = ("mlflow.pytorch", "torch.export", "automl.serving")
 
 
 # threads that never hold a lock the child needs: recorders' reply threads, multiprocessing's
@@ -66,14 +86,18 @@ class Recorder:
     interrupt (a reply half-read when Ctrl-C strikes would be lost) and which notices the
     child's death."""
 
-    def __init__(self, tracker: Tracker, process: Any, messages: Any, replies: Any) -> None:
-        self.tracker = tracker
+    def __init__(self, uri: str | None, process: Any, messages: Any, replies: Any, torch_free: bool = False) -> None:
+        self.uri = uri  # the tracking store (the last one opened, for `fork`)
+        # forked before this process imported torch: the child may run torch (its own, fresh); a
+        # child forked after torch ran here could hang in the thread pools it inherited
+        self.torch_free = torch_free
         self.process = process
         self.messages = messages
         self.replies = replies
         self.state = threading.Condition()  # guards what the replies tell:
         self.run_ids: dict[int, str] = {}
         self.failed: dict[int, str] = {}  # a record's key -> the child's failure with it
+        self.answers: dict[int, tuple[str, Any]] = {}  # a call's key -> (kind, pickled value or error)
         self.error: str | None = None  # the child's first failure
         self.acknowledged = -1  # the last flush the child has answered
         self.next_key = 0
@@ -83,26 +107,38 @@ class Recorder:
 
     @classmethod
     def start(cls, tracker: Tracker) -> Recorder | None:
-        """Fork the recording child; None where it cannot be made or forking is not safe (record
-        inline then)."""
+        """Fork the recording child, which writes with (a copy of) `tracker`; None where it cannot
+        be made or forking is not safe (record inline then)."""
+        return cls._launch(tracker, tracker.uri)
+
+    @classmethod
+    def fork(cls) -> Recorder | None:
+        """Fork the child before this process imports MLflow (for a `RemoteTracker`); it imports
+        MLflow at once. None where it cannot be made or forking is not safe."""
+        return cls._launch(None, None, torch_free="torch" not in sys.modules)
+
+    @classmethod
+    def _launch(cls, tracker: Tracker | None, uri: str | None, torch_free: bool = False) -> Recorder | None:
         if "fork" not in multiprocessing.get_all_start_methods():
             return None
         if not fork_is_safe():
-            logger.info("trial runs recorded in this process: other threads are running")
+            logger.info("MLflow written in this process: other threads are running")
             return None
         context = multiprocessing.get_context("fork")
         messages, replies = context.Queue(), context.Queue()  # a feeder thread: `put` never blocks
-        process = context.Process(target=_serve, args=(tracker, messages, replies, os.getpid()), daemon=True,
-                                  name="automl-recorder")
+        warm_up = WARM_UP if torch_free else ()
+        process = context.Process(target=_serve, args=(tracker, messages, replies, os.getpid(), warm_up),
+                                  daemon=True, name="automl-recorder")
         try:
             process.start()
         except (OSError, AssertionError, ValueError) as e:  # e.g. inside a daemonic process
-            logger.info("trial runs recorded in this process: %s", e)
+            logger.info("MLflow written in this process: %s", e)
             return None
-        return cls(tracker, process, messages, replies)
+        return cls(uri, process, messages, replies, torch_free)
 
     def _failure(self, what: str) -> str:
-        return f"MLflow tracking ({mask_url(self.tracker.uri)}) failed: the recording process {what}"
+        where = f" ({mask_url(self.uri)})" if self.uri else ""
+        return f"MLflow tracking{where} failed: the recording process {what}"
 
     def _read(self) -> None:
         """The reply thread: record each reply until the end marker `close` sends; a child that
@@ -131,6 +167,8 @@ class Recorder:
                 elif kind == "error":
                     self.failed.setdefault(key, value)
                     self.error = self.error or value
+                else:  # a call's answer: "returned", "raised" or "unreadable"
+                    self.answers[key] = (kind, value)
                 self.state.notify_all()
 
     # --- the training process's side ------------------------------------------------------------
@@ -138,10 +176,46 @@ class Recorder:
     def start_trial(self, experiment_id: str, parent_run_id: str, study_name: str, number: int) -> RecordedRun:
         """Open a trial's child run (created by the child; its id arrives with `RecordedRun.run_id`).
         Never raises an earlier failure: the trial gets its run object, so that it is closed."""
-        key = self.next_key
-        self.next_key += 1
+        key = self._key()
         self.send("start", key, experiment_id, parent_run_id, study_name, number, check=False)
         return RecordedRun(self, key)
+
+    def _key(self) -> int:
+        key = self.next_key
+        self.next_key += 1
+        return key
+
+    def open(self, uri: str) -> int:
+        """Have the child open the tracking store `uri` (in place of any other); returns the key
+        whose answer (`answer`) says when it is open."""
+        self.uri = uri
+        key = self._key()
+        self.send("open", key, uri, check=False)
+        return key
+
+    def call(self, payload: bytes) -> Any:
+        """Have the child call one of its `Tracker`'s methods: `payload` is the pickled (name, args,
+        kwargs). Returns its value or raises its error; `Unreadable` when the child could not
+        read the arguments."""
+        key = self._key()
+        self.send("call", key, payload, check=False)
+        return self.answer(key)
+
+    def record(self, payload: bytes) -> None:
+        """Like `call` for a write nobody waits for: its failure is raised at a later record."""
+        self.send("record", self._key(), payload, check=False)
+
+    def answer(self, key: int) -> Any:
+        """Wait for the answer of call `key`: its value, or its error raised."""
+        self._wait(lambda: key in self.answers, CLOSE_TIMEOUT_S)
+        with self.state:
+            kind, value = self.answers.pop(key)
+        if kind == "unreadable":
+            raise Unreadable(value)
+        result = pickle.loads(value)
+        if kind == "raised":
+            raise result
+        return result
 
     def send(self, op: str, key: int, *args: Any, check: bool = True) -> None:
         """Queue one record for the child, then raise the failure it reported, if any (after a
@@ -183,8 +257,7 @@ class Recorder:
     def flush(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Wait until the child has written (or tried to write) everything sent so far; raise its
         failure, if any."""
-        key = self.next_key
-        self.next_key += 1
+        key = self._key()
         self.send("flush", key, check=False)
         self._wait(lambda: self.acknowledged >= key, timeout)
         self.check()
@@ -202,6 +275,17 @@ class Recorder:
                 self._stop()
         finally:
             signals.release(raise_pending=raise_signal)
+
+    def abandon(self) -> None:
+        """For a search that stops before it starts (bad input, Ctrl-C): a child that was sent
+        nothing yet is ended at once (it may still be importing MLflow), any other is closed."""
+        if self.next_key:
+            with contextlib.suppress(Exception):
+                self.close(raise_signal=False)
+            return
+        self.process.kill()
+        self.process.join()
+        self._stop()
 
     def _stop(self) -> None:
         """End the child and the reply thread; never blocks on a child that died."""
@@ -240,11 +324,11 @@ class RecordedRun:
         self.recorder.send("log_params", self.key, dict(params))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.recorder.send("log_epoch", self.key, epoch, dict(metrics), _now_ms())
+        self.recorder.send("log_epoch", self.key, epoch, dict(metrics), now_ms())
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if metrics:
-            self.recorder.send("log_metrics", self.key, dict(metrics), _now_ms())
+            self.recorder.send("log_metrics", self.key, dict(metrics), now_ms())
 
     def log_weights(self, folder: Path) -> None:
         """The folder is moved to one the child removes once it is logged. Waits until it is:
@@ -263,62 +347,202 @@ class RecordedRun:
         self.recorder.send("end", self.key, status, dict(tags))
 
 
+class Unreadable(Exception):
+    """The child could not read a call's arguments (e.g. a class it cannot import)."""
+
+
+class RemoteTracker:
+    """The search's `Tracker`, whose calls a child forked by `Recorder.fork` makes: each waits for
+    its answer, except `log_best_so_far`, which is only queued. A call whose arguments cannot be
+    sent or read runs in this process, with a `Tracker` made for it."""
+
+    QUEUED = frozenset({"log_best_so_far"})
+    RUNS_TORCH = frozenset({"log_model"})  # made here unless the child was forked before torch came
+
+    def __init__(self, recorder: Recorder, uri: str) -> None:
+        self.recorder = recorder
+        self.uri = uri
+        self._opened = recorder.open(uri)  # the child opens the store meanwhile
+        self._here: Tracker | None = None
+
+    def ready(self) -> None:
+        """Wait until the store is open; raise why it could not be opened."""
+        self.recorder.answer(self._opened)
+
+    def start_trial(self, experiment_id: str, parent_run_id: str, study_name: str, number: int) -> RunRecords:
+        return self.recorder.start_trial(experiment_id, parent_run_id, study_name, number)
+
+    def artifacts(self, run_id: str, path: str) -> contextlib.AbstractContextManager[Path]:
+        """A run's artifact folder `path`, downloaded into a temporary folder for the block."""
+        return downloaded(self, run_id, path)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name in self.RUNS_TORCH and not self.recorder.torch_free:
+                return self._call_here(name, args, kwargs)
+            try:
+                payload = pickle.dumps((name, args, kwargs))
+            except Exception:  # noqa: BLE001 - e.g. a network class defined inside a function
+                return self._call_here(name, args, kwargs)
+            if name in self.QUEUED:
+                return self.recorder.record(payload)
+            try:
+                return self.recorder.call(payload)
+            except Unreadable:
+                return self._call_here(name, args, kwargs)
+
+        return call
+
+    def _call_here(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self._here is None:
+            from automl.tracking import Tracker
+
+            self._here = Tracker(self.uri)
+        return getattr(self._here, name)(*args, **kwargs)
+
+
 # --- the child ---------------------------------------------------------------------------------
 
 
 _inherited: list[Any] = []  # the parent's connection pools, kept so that none is closed from here
 
 
-def _serve(tracker: Tracker, messages: Any, replies: Any, parent: int) -> None:
-    """The recording child: write each record in order until closed or the parent is gone."""
+def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, warm_up: tuple[str, ...] = ()) -> None:
+    """The recording child: write each record in order until closed or the parent is gone. Without
+    a `tracker` (`Recorder.fork`) it imports MLflow now and opens the store it is sent. It imports
+    the `warm_up` modules while idle once a trial has ended (not while the search waits for it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the whole group: the
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # training process stops, then closes us
     gc.enable()  # the parent may have forked while its collector was paused
-    _inherited.extend(tracker.detach())
+    if tracker is not None:
+        _inherited.extend(tracker.detach())
+    else:
+        from automl import tracking
+
+        _inherited.extend(tracking.detach_engines())  # a user's own MLflow stores in the parent
+    to_import = list(warm_up)
+    trial_ended = False
+    opened: bytes | None = None  # why the store could not be opened (pickled), once it was tried
     runs: dict[int, Any] = {}
     failed: set[int] = set()  # runs with a failed record: only their closing is still tried
     while True:
         try:
-            message = messages.get(timeout=1.0)
+            message = messages.get(timeout=0.05 if to_import and trial_ended else 1.0)
         except queue.Empty:
             if os.getppid() != parent:  # killed: what it sent is written, and the open runs'
                 for run in runs.values():  # buffered metrics; a resume's sweep closes those runs
                     with contextlib.suppress(Exception):
                         run.flush()
                 return
+            if to_import and trial_ended:
+                with contextlib.suppress(Exception):
+                    importlib.import_module(to_import.pop(0))
             continue
         except Exception as e:  # noqa: BLE001 - a torn or garbled pipe: say so, and stop
-            replies.put(("error", -1, f"MLflow tracking ({mask_url(tracker.uri)}) failed: the recording "
-                                      f"process could not read a record ({type(e).__name__}: {e})"))
+            replies.put(("error", -1, f"{_failing(_uri(tracker))} the recording process could not read a "
+                                      f"record ({type(e).__name__}: {e})"))
             return
         if message is None:
             _end_left_open(runs, replies, tracker)
             return
         op, key, args = message
+        trial_ended = trial_ended or op == "end"
+        if op == "open":
+            tracker, opened = _open(args[0])
+            replies.put(("returned", key, pickle.dumps(None)) if opened is None else ("raised", key, opened))
+            continue
+        if op in ("call", "record"):
+            _answer(tracker, opened, op, key, args[0], replies)
+            continue
         if key in failed and op not in ("end", "flush"):
             if op == "log_weights":
                 shutil.rmtree(args[0].parent, ignore_errors=True)
             continue
         try:
+            if tracker is None and op != "flush":  # the store could not be opened: no run can be written
+                raise _not_open(opened)
             _apply(tracker, runs, op, key, args, replies)
         except Exception as e:  # a bug here must still stop the search with a line, not hang it
             failed.add(key)
-            replies.put(("error", key, _message(e, tracker)))
+            replies.put(("error", key, _message(e, _uri(tracker))))
 
 
-def _message(error: Exception, tracker: Tracker) -> str:
+def _not_open(opened: bytes | None) -> Exception:
+    """Why a record or call cannot be made: the store could not be opened, or none was."""
+    return pickle.loads(opened) if opened else TrackingError("MLflow tracking failed: no store was opened")
+
+
+def _open(uri: str) -> tuple[Tracker | None, bytes | None]:
+    """A `Tracker` on `uri` that writes inline, or None and its error (pickled)."""
+    from automl.tracking import Tracker
+
+    try:
+        tracker = Tracker(uri)
+    except Exception as e:  # noqa: BLE001 - sent back to the caller
+        return None, _raised(e, uri)
+    tracker.background = None
+    return tracker, None
+
+
+def _answer(tracker: Tracker | None, opened: bytes | None, op: str, key: int, payload: bytes, replies: Any) -> None:
+    """Make one `RemoteTracker` call; answer with its value or error ("record": only an error)."""
+    try:
+        name, args, kwargs = pickle.loads(payload)
+    except Exception as e:  # noqa: BLE001 - the caller makes the call itself
+        if op == "call":
+            replies.put(("unreadable", key, f"{type(e).__name__}: {e}"))
+        else:  # pickled by the same code as a call's arguments: must not pass silently all the same
+            replies.put(("error", key, f"{_failing(_uri(tracker))} could not read a record ({e})"))
+        return
+    try:
+        if tracker is None:
+            raise _not_open(opened)
+        value = pickle.dumps(getattr(tracker, name)(*args, **kwargs))
+    except Exception as e:  # noqa: BLE001 - raised where the call was made
+        if op == "call":
+            replies.put(("raised", key, _raised(e, _uri(tracker))))
+        else:
+            replies.put(("error", key, _message(e, _uri(tracker))))
+        return
+    if op == "call":
+        replies.put(("returned", key, value))
+
+
+def _raised(error: Exception, uri: str | None) -> bytes:
+    """An error, pickled to be raised in the parent: the tool's own errors as they are, any other
+    as a `TrackingError` with its message (its class may not even be importable there)."""
+    if isinstance(error, AutomlError):
+        with contextlib.suppress(Exception):
+            data = pickle.dumps(error)
+            pickle.loads(data)
+            return data
+    return pickle.dumps(TrackingError(_message(error, uri)))
+
+
+def _failing(uri: str | None) -> str:
+    return f"MLflow tracking ({mask_url(uri)}) failed:" if uri else "MLflow tracking failed:"
+
+
+def _message(error: Exception, uri: str | None) -> str:
     if isinstance(error, AutomlError):
         return str(error)
-    return f"MLflow tracking ({mask_url(tracker.uri)}) failed: {type(error).__name__}: {error}"
+    return f"{_failing(uri)} {type(error).__name__}: {error}"
 
 
-def _end_left_open(runs: dict[int, Any], replies: Any, tracker: Tracker) -> None:
+def _uri(tracker: Tracker | None) -> str | None:
+    return tracker.uri if tracker is not None else None
+
+
+def _end_left_open(runs: dict[int, Any], replies: Any, tracker: Tracker | None) -> None:
     """Close the runs the search never closed (it stopped on an error before it could) FAILED."""
     for key, run in runs.items():
         try:
             run.end("FAILED", {REASON_TAG: LEFT_OPEN})
         except Exception as e:  # noqa: BLE001 - reported; the others are still closed
-            replies.put(("error", key, _message(e, tracker)))
+            replies.put(("error", key, _message(e, _uri(tracker))))
 
 
 def _apply(tracker: Tracker, runs: dict[int, Any], op: str, key: int, args: tuple, replies: Any) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # fail within about a minute,
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # not after MLflow's default
@@ -31,24 +31,33 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import DatasetInput, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from automl.checks import DEFAULT_TRACKING_URI, mask_text, mask_url  # noqa: E402
-from automl.errors import AutomlError, FatalError, UsageError  # noqa: E402
+from automl.errors import FatalError, UsageError  # noqa: E402
 from automl.locks import creation_lock, storage_exists  # noqa: E402
+from automl.runs import (  # noqa: E402, F401 - the record names, re-exported for callers of this module
+    BEST_DIR,
+    BEST_TRIAL_TAG,
+    CHAMPION,
+    FINAL_WEIGHTS_DIR,
+    REASON_TAG,
+    ROLE_TAG,
+    STATE_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    WEIGHTS_DIR,
+    NullTrialRun,
+    RegisteredVersion,
+    RunRecords,
+    TrackingError,
+    downloaded,
+    now_ms,
+    run_status_for,
+)
 
-CHAMPION = "champion"
-ROLE_TAG = "automl.role"
-STUDY_TAG = "automl.study"
-TRIAL_TAG = "automl.trial_number"
-STATE_TAG = "automl.trial_state"
-REASON_TAG = "automl.fail_reason"
-BEST_TRIAL_TAG = "automl.best_trial"
-WEIGHTS_DIR = "weights"  # a trial's candidate best weights, on its child run
-FINAL_WEIGHTS_DIR = "final_weights"  # a trial's weights retrained with another seed (automl.final)
-BEST_DIR = "best_model"  # the study's best weights and configs, on the parent run
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0  # per-epoch metrics reach the store at most this late while a trial runs
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limits: 1000 entries in all,
@@ -58,10 +67,6 @@ MAX_TAGS_PER_CALL = 100  # and 100 tags
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 T = TypeVar("T")
-
-
-class TrackingError(FatalError):
-    """MLflow could not be reached or refused a write."""
 
 
 def _fatal(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -89,10 +94,6 @@ def _params(values: dict[str, Any]) -> list[Param]:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TrialRun:
@@ -125,7 +126,7 @@ class TrialRun:
         (Ray tasks, no fork), a tracking server is written from a background thread (`end` waits
         for it and raises its failure) and a local store inline. `stamp`: when the epoch ended
         (ms), default now."""
-        stamp = stamp or _now_ms()
+        stamp = stamp or now_ms()
         self._buffer.extend(Metric(k, float(v), stamp, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
@@ -166,7 +167,7 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], stamp: int | None = None) -> None:
         """Summary metrics of the trial (no step), e.g. `best_val_accuracy`, `best_epoch`."""
         if metrics:
-            stamp = stamp or _now_ms()
+            stamp = stamp or now_ms()
             self._buffer.extend(Metric(k, float(v), stamp, 0) for k, v in metrics.items())
 
     @_fatal("log the trial's weights")
@@ -191,45 +192,6 @@ class TrialRun:
             self.tracker.client.set_terminated(self.run_id, status)
 
 
-class RunRecords(Protocol):
-    """What a trial records on its run: a `TrialRun` (written here), a `NullTrialRun` (nothing) or
-    an `automl.recorder.RecordedRun` (written by the recording process)."""
-
-    @property
-    def run_id(self) -> str: ...
-
-    def log_params(self, params: dict[str, Any]) -> None: ...
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float]) -> None: ...
-
-    def log_weights(self, folder: Path) -> None: ...
-
-    def end(self, status: str, tags: dict[str, str]) -> None: ...
-
-
-class NullTrialRun:
-    """Same surface as `TrialRun`, records nothing (unit tests, tracking switched off)."""
-
-    run_id = ""
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        pass
-
-    def log_weights(self, folder: Path) -> None:
-        pass
-
-    def end(self, status: str, tags: dict[str, str]) -> None:
-        pass
-
-
 class Tracker:
     """Study-level MLflow operations on one tracking URI."""
 
@@ -247,16 +209,9 @@ class Tracker:
 
     def detach(self) -> list[Any]:
         """In a forked child (`automl.recorder`): write inline, on connections of its own, as
-        SQLAlchemy asks after a fork. Returns the parent's connection pools, for the child to keep:
-        freed, they would close connections the parent still uses."""
+        SQLAlchemy asks after a fork. Returns the parent's connection pools (`detach_engines`)."""
         self.background = None
-        inherited = []
-        for name in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
-            store_class = getattr(sys.modules.get(name), "SqlAlchemyStore", None)
-            for engine in getattr(store_class, "_engine_map", {}).values():
-                inherited.append(engine.pool)
-                engine.dispose(close=False)
-        return inherited
+        return detach_engines()
 
     @_fatal("open the tracking store")
     def _open_store(self) -> None:
@@ -284,7 +239,7 @@ class Tracker:
         return experiments[0].experiment_id if experiments else None
 
     @_fatal("find a registered version")
-    def find_version(self, study_name: str, tags: dict[str, str]) -> Any | None:
+    def find_version(self, study_name: str, tags: dict[str, str]) -> RegisteredVersion | None:
         """The registered version of `study_name` whose tags include `tags`, if any."""
         try:
             versions = self.client.search_model_versions(f"name = '{study_name}'")
@@ -292,7 +247,7 @@ class Tracker:
             return None
         for version in versions:
             if all(version.tags.get(k) == v for k, v in tags.items()):
-                return version
+                return _registered(version)
         return None
 
     @_fatal("open the experiment")
@@ -359,7 +314,7 @@ class Tracker:
     @_fatal("log the best value so far")
     def log_best_so_far(self, run_id: str, metric: str, value: float, trial_number: int) -> None:
         """The study's best value after a trial, with `step` = trial number (a live progress chart)."""
-        self.client.log_batch(run_id, metrics=[Metric(f"best_so_far_{metric}", float(value), _now_ms(),
+        self.client.log_batch(run_id, metrics=[Metric(f"best_so_far_{metric}", float(value), now_ms(),
                                                       trial_number)])
 
     @_fatal("start a trial run")
@@ -421,7 +376,7 @@ class Tracker:
     @_fatal("log metrics")
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Metrics on a run (open or closed) in one call, e.g. a trial's scores over extra seeds."""
-        stamp = _now_ms()
+        stamp = now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
     @_fatal("read a run's metrics")
@@ -432,20 +387,9 @@ class Tracker:
     def download(self, run_id: str, path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(into)))
 
-    @contextlib.contextmanager
-    def artifacts(self, run_id: str, path: str) -> Iterator[Path]:
-        """A run's artifact folder `path`, downloaded into a temporary folder for the block. An error
-        of this tool raised in the block names the artifacts where the run keeps them, not the
-        temporary copy (gone by the time anyone reads the message)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.download(run_id, path, Path(tmp))
-            try:
-                yield folder
-            except AutomlError as e:
-                if tmp not in str(e):
-                    raise
-                where = self.artifact_location(run_id, path)
-                raise type(e)(str(e).replace(str(folder), where).replace(tmp, where)) from None
+    def artifacts(self, run_id: str, path: str) -> contextlib.AbstractContextManager[Path]:
+        """A run's artifact folder `path`, downloaded into a temporary folder for the block."""
+        return downloaded(self, run_id, path)
 
     def artifact_location(self, run_id: str, path: str) -> str:
         """Where a run keeps an artifact: a local path for a local store, else its URI."""
@@ -464,7 +408,7 @@ class Tracker:
     ) -> None:
         """The study's summary on its run; with `model_id`, its best model's scores (`best_*`,
         `test_*`) are that logged model's metrics too (MLflow's Models tab shows them)."""
-        stamp = _now_ms()
+        stamp = now_ms()
 
         def linked(key: str) -> str | None:
             return model_id if key.startswith(("best_", "test_")) else None
@@ -543,10 +487,10 @@ class Tracker:
             mlflow.set_registry_uri(registry)
 
     @_fatal("read the registered champion")
-    def champion(self, study_name: str) -> Any | None:
+    def champion(self, study_name: str) -> RegisteredVersion | None:
         """The model version holding the champion alias, if any."""
         try:
-            return self.client.get_model_version_by_alias(study_name, CHAMPION)
+            return _registered(self.client.get_model_version_by_alias(study_name, CHAMPION))
         except MlflowException:
             return None
 
@@ -575,12 +519,35 @@ class Tracker:
         )
         return found[0].info.run_id if found else None
 
+    @_fatal("list the open trial runs")
+    def running_trial_runs(self, parent_run_id: str, experiment_id: str) -> list[tuple[str, str]]:
+        """(run id, trial number tag) of the trial runs under a study run that are still RUNNING."""
+        return [(run.info.run_id, run.data.tags.get(TRIAL_TAG, ""))
+                for run in self.trial_runs(parent_run_id, experiment_id) if run.info.status == "RUNNING"]
+
     @_fatal("list the trial runs")
     def trial_runs(self, parent_run_id: str, experiment_id: str) -> list[Any]:
         return self.client.search_runs(
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
             max_results=50000,
         )
+
+
+def detach_engines() -> list[Any]:
+    """In a forked child: MLflow's stores open connections of their own from now on, as SQLAlchemy
+    asks after a fork. Returns the parent's connection pools, for the child to keep: freed, they
+    would close connections the parent still uses."""
+    inherited = []
+    for name in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
+        store_class = getattr(sys.modules.get(name), "SqlAlchemyStore", None)
+        for engine in getattr(store_class, "_engine_map", {}).values():
+            inherited.append(engine.pool)
+            engine.dispose(close=False)
+    return inherited
+
+
+def _registered(version: Any) -> RegisteredVersion:
+    return RegisteredVersion(str(version.version), str(version.source), dict(version.tags))
 
 
 @contextlib.contextmanager
@@ -597,12 +564,3 @@ def _no_requirement_check() -> Iterator[None]:
         yield
     finally:
         environment.warn_dependency_requirement_mismatches = check
-
-
-def run_status_for(state: str) -> str:
-    """MLflow run status for an Optuna trial state: the true outcome, not always FINISHED."""
-    return {
-        "COMPLETE": RunStatus.to_string(RunStatus.FINISHED),
-        "PRUNED": RunStatus.to_string(RunStatus.KILLED),
-        "FAIL": RunStatus.to_string(RunStatus.FAILED),
-    }[state]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import psutil
@@ -36,11 +36,14 @@ from automl.keys import (
 )
 from automl.objective import STORAGE_ERRORS, Objective, release_memory
 from automl.record import StudyHandle, lie_while_others_run
-from automl.recorder import Recorder
+from automl.recorder import Recorder, RemoteTracker
+from automl.runs import REASON_TAG, STATE_TAG, RunRecords, TrackingError, run_status_for
 from automl.selection import champion_trial, primary_value
 from automl.signals import SignalHold
 from automl.stopping import should_stop, stop_search
-from automl.tracking import REASON_TAG, STATE_TAG, TRIAL_TAG, RunRecords, Tracker, TrackingError, run_status_for
+
+if TYPE_CHECKING:
+    from automl.tracking import Tracker
 
 # --- sweeping up after dead workers ----------------------------------------------------------------
 
@@ -78,14 +81,12 @@ def sweep(study: optuna.Study, storage: optuna.storages.RDBStorage, tracker: Tra
     trials = study.get_trials(deepcopy=False)
     by_run = {t.user_attrs.get(RUN_ID): t for t in trials}
     by_number = {str(t.number): t for t in trials}  # for runs whose trial never got their id
-    for run in tracker.trial_runs(parent_run_id, experiment_id):
-        if run.info.status != "RUNNING":
-            continue
-        trial = by_run.get(run.info.run_id) or by_number.get(run.data.tags.get(TRIAL_TAG, ""))
+    for run_id, number in tracker.running_trial_runs(parent_run_id, experiment_id):
+        trial = by_run.get(run_id) or by_number.get(number)
         if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         reason = trial.user_attrs.get(FAIL_REASON, "the worker stopped before closing this run")
-        tracker.set_status(run.info.run_id, run_status_for(trial.state.name),
+        tracker.set_status(run_id, run_status_for(trial.state.name),
                            {STATE_TAG: trial.state.name, REASON_TAG: reason})
     return failed
 
@@ -96,6 +97,8 @@ def close_stale_run(tracking_uri: str | None, retry: int) -> Callable[[optuna.St
     retry_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry else None
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        from automl.tracking import Tracker
+
         attrs = study.user_attrs
         tracker = Tracker(checks.tracking_uri(tracking_uri, attrs.get(TRACKING_URI)))
         run_id = trial.user_attrs.get(RUN_ID)
@@ -399,7 +402,8 @@ def run_worker(
     `deadline` (monotonic) passes.
 
     With `record_in_child` the trials' MLflow runs are written by a child process
-    (`automl.recorder`; inline where none can be made), all of them by the time this returns.
+    (`automl.recorder`; inline where none can be made), all of them by the time this returns. A
+    `RemoteTracker`'s child writes them in any case, and is left open for the caller to close.
 
     With `linger` (lost trials are retried), an empty pool is not the end while trials still run
     elsewhere: one of them may be lost and queued again, so the worker waits and checks."""
@@ -407,10 +411,12 @@ def run_worker(
     study = handle.load()
     gc.collect()
     gc.freeze()  # libraries and data stay; collections then only scan new objects
-    recorder: Recorder | None = None
+    shared = isinstance(tracker, RemoteTracker)  # its child records the trials as well
+    recorder: Recorder | None = tracker.recorder if isinstance(tracker, RemoteTracker) else None
     stale_checked = -math.inf
     try:
-        recorder = Recorder.start(tracker) if record_in_child else None
+        if recorder is None and record_in_child:
+            recorder = Recorder.start(tracker)
         while deadline is None or time.monotonic() < deadline:
             # stale heartbeats, looked for once per heartbeat interval (a trial takes milliseconds)
             check_stale = time.monotonic() - stale_checked >= (handle.storage.get_heartbeat_interval() or 0)
@@ -431,10 +437,12 @@ def run_worker(
             if stop_if_done(handle, tracker) is not None:
                 break  # the queue is closed: workers elsewhere find it empty
     except BaseException:
-        if recorder is not None:
+        if recorder is not None and not shared:  # a shared one closes the runs left open as it closes
             with contextlib.suppress(TrackingError):  # the error on its way says more
                 recorder.close(raise_signal=False)
         raise
-    if recorder is not None:
-        recorder.close()  # every run written before the search goes on (best model, summary)
+    if shared:  # every run written before the search goes on (best model, summary)
+        recorder.flush()
+    elif recorder is not None:
+        recorder.close()
     return done

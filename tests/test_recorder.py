@@ -20,7 +20,7 @@ import pytest
 
 from automl.recorder import LEFT_OPEN, Recorder, fork_is_safe
 from automl.tracking import STATE_TAG, TRIAL_TAG, Tracker, TrackingError
-from tests.conftest import ROOT, make_stores
+from tests.conftest import ROOT, TINY_SPACE, make_stores
 
 
 def _study_run(tracking_uri: str, name: str = "rec") -> tuple[Tracker, str, str]:
@@ -228,3 +228,94 @@ def test_a_storage_failure_while_linking_the_run_stops_the_search(tmp_path: Path
     assert not run.linked
     run.log_epoch(2, {"val_accuracy": 0.6})  # the lock gone, the id is recorded, once
     assert run.linked and storage.get_trial(trial._trial_id).user_attrs["mlflow_run_id"] == ""
+
+
+# --- the search's MLflow process (Recorder.fork, RemoteTracker) ---------------------------------
+
+
+def test_a_remote_tracker_makes_its_calls_in_the_child_and_raises_their_errors(
+        tmp_path: Path, mlflow_template: Path) -> None:
+    """Values come back, errors come back as the same one-line error, and a call whose arguments
+    cannot be sent (here unpicklable) or read by the child (a class of a module it does not have)
+    is made in this process instead: the summary is written either way."""
+    import types
+
+    import pandas as pd
+
+    from automl.recorder import RemoteTracker
+
+    stores = make_stores(tmp_path, mlflow_template)
+    forked = Recorder.fork()
+    assert forked is not None
+    tracker = RemoteTracker(forked, stores.tracking_uri)
+    try:
+        tracker.ready()
+        experiment = tracker.experiment_id("remote")
+        parent = tracker.start_study_run(experiment, "remote", {"dataset": "digits"}, "space: text")
+        assert tracker.tags(parent)["automl.role"] == "study"
+        assert tracker.run_state(parent) == "RUNNING" and tracker.run_state("no-such-run") is None
+        with pytest.raises(TrackingError, match=r"MLflow tracking \(sqlite:///.*\) failed to read a run's tags"):
+            tracker.tags("no-such-run")
+        module = types.ModuleType("made_after_the_fork")  # the child cannot import it
+        exec("class Note:\n    def __str__(self):\n        return 'a note'\n", module.__dict__)
+        sys.modules[module.__name__] = module
+        try:
+            for trials in (pd.DataFrame({"x": [lambda: 1]}), pd.DataFrame({"x": [module.Note()]})):
+                tracker.log_summary(parent, {}, {"n_complete": 1.0}, {"automl.n_complete": "1"}, trials)
+        finally:
+            del sys.modules[module.__name__]
+        tracker.set_status(parent, "FINISHED")
+    finally:
+        forked.close()
+    assert not forked.process.is_alive()
+    written = stores.client().get_run(parent)
+    assert written.info.status == "FINISHED" and written.data.metrics["n_complete"] == 1.0
+    assert [f.path for f in stores.client().list_artifacts(parent) if f.path.endswith(".csv")] == ["trials.csv"]
+    assert Tracker(stores.tracking_uri).experiment_id("remote") == experiment
+
+
+def test_a_store_the_child_cannot_open_is_named_when_the_search_waits_for_it(tmp_path: Path) -> None:
+    from automl.recorder import RemoteTracker
+
+    (tmp_path / "file").write_text("not a folder")
+    forked = Recorder.fork()
+    assert forked is not None
+    tracker = RemoteTracker(forked, f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+    try:
+        with pytest.raises(TrackingError, match=r"MLflow tracking \(sqlite:///.*/file/mlflow.db\) failed: File"):
+            tracker.ready()
+        with pytest.raises(TrackingError, match=r"\(sqlite:///.*/file/mlflow.db\) failed: File"):  # every later call
+            tracker.experiment_id("x")
+    finally:
+        forked.close()
+
+
+def test_a_child_sent_nothing_yet_is_ended_at_once() -> None:
+    """A search stopped by bad input does not wait for its MLflow process to finish importing."""
+    forked = Recorder.fork()
+    assert forked is not None
+    forked.abandon()
+    assert not forked.process.is_alive() and forked.process.exitcode == -signal.SIGKILL
+
+
+def test_a_search_process_never_imports_mlflow(tmp_path: Path, mlflow_template: Path) -> None:
+    """MLflow is imported by the search's MLflow process only (`Recorder.fork`): every record of a
+    search is there all the same, trials, best model and champion alias."""
+    stores = make_stores(tmp_path, mlflow_template)
+    script = f"""
+import sys
+import yaml
+import automl
+result = automl.search(yaml.safe_load({TINY_SPACE!r}), study="nomlflow", seed=0, progress=False,
+                       tracking_uri={stores.tracking_uri!r}, storage={stores.storage_url!r})
+print("mlflow imported:", "mlflow" in sys.modules, result.counts["COMPLETE"], result.model_uri)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mlflow imported: False 3 models:/nomlflow@champion" in done.stdout
+    client = stores.client()
+    experiment = client.get_experiment_by_name("nomlflow")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4  # the study run and 3 trial runs
+    assert str(client.get_model_version_by_alias("nomlflow", "champion").version) == "1"
