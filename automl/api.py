@@ -227,14 +227,21 @@ def _tracker(s: _Search) -> Any:
     return Tracker(s.tracking_uri)
 
 
-def _opening_creates_nothing(uri: str) -> bool:
-    """An SQLite store that exists, or a tracking server: opening it before the study's inputs are
-    all checked leaves nothing behind (other databases get MLflow's tables)."""
+def _open_early(mlflow_process: Any, request: SearchRequest) -> Any:
+    """A `RemoteTracker` on the request's tracking store, opened by the MLflow process while this
+    one checks the inputs and loads the data; None where opening it might create something (a new
+    SQLite file, MLflow's tables in another database) before the inputs are known to be good."""
     from automl.locks import storage_exists
+    from automl.recorder import RemoteTracker
 
-    if checks.sqlite_file(uri) is not None:
-        return storage_exists(uri)
-    return uri.startswith(("http://", "https://"))
+    if mlflow_process is None:
+        return None
+    try:
+        uri = checks.tracking_uri(request.tracking_uri)
+    except Exception:  # noqa: BLE001 - reported by the checks of `_prepare`
+        return None
+    existing = storage_exists(uri) if checks.sqlite_file(uri) is not None else uri.startswith(("http://", "https://"))
+    return RemoteTracker(mlflow_process, uri) if existing else None
 
 
 def _open_study(s: _Search, say: Say) -> int:
@@ -246,9 +253,6 @@ def _open_study(s: _Search, say: Say) -> int:
     from automl.worker import close_stale_run
 
     request = s.request
-    early = None  # the MLflow process opens the store while Optuna's opens here, where that creates nothing
-    if s.mlflow_process is not None and _opening_creates_nothing(s.tracking_uri):
-        early = _tracker(s)
     s.storage = storage.open_storage(s.storage_url, request.heartbeat_interval, request.grace_period,
                                      close_stale_run(request.tracking_uri, request.retry_failed))
     names = optuna.study.get_all_study_names(s.storage)
@@ -259,7 +263,8 @@ def _open_study(s: _Search, say: Say) -> int:
             raise UsageError(f"--warm-start: no study named {source!r} in {checks.mask_url(s.storage_url)}")
     if s.name in names:
         _adopt_stored(s, record.stored_attrs(s.storage, s.name))
-    s.tracker = early if early is not None and early.uri == s.tracking_uri else _tracker(s)
+    if s.tracker is None or s.tracker.uri != s.tracking_uri:  # not opened early, or not the study's
+        s.tracker = _tracker(s)
     if isinstance(s.tracker, RemoteTracker):
         s.tracker.ready()  # a store that cannot be opened stops the search before the study is made
     # never while another search of this study opens it or publishes its summary; the budget lock
@@ -337,6 +342,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         # first of all: the process that makes every MLflow call imports MLflow meanwhile
         mlflow_process = Recorder.fork()
         try:
+            early = _open_early(mlflow_process, request)
             from automl import storage
             from automl.budget import pool
             from automl.progress import Progress
@@ -346,7 +352,7 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
 
             quiet_optuna()
             s = _prepare(request)
-            s.mlflow_process = mlflow_process
+            s.mlflow_process, s.tracker = mlflow_process, early
             _setup_threads(request.threads)
             _open_study(s, say)
             from automl.plots import PlotJob

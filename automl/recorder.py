@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 600  # the longest `close` waits for the child to write what it was sent
 LEFT_OPEN = "the search ended before this run was closed"  # the reason on a run `close` ends
 # what logging the best model imports, imported by a forked child once it is idle
-WARM_UP = ("mlflow.pytorch", "torch.export", "automl.serving")
+WARM_UP = ("mlflow.pytorch", "torch.export._trace", "automl.serving")
 
 
 # threads that never hold a lock the child needs: recorders' reply threads, multiprocessing's
@@ -147,11 +147,12 @@ class Recorder:
             try:
                 reply = self.replies.get(timeout=1.0)
             except queue.Empty:
-                if not self.process.is_alive():
+                if not self.process.is_alive():  # nothing left to read
                     with self.state:
                         self.error = self.error or self._failure(
                             f"ended unexpectedly (exit code {self.process.exitcode})")
                         self.state.notify_all()
+                    return
                 continue
             except Exception:  # noqa: BLE001 - a torn pipe ends the replies like the end marker
                 reply = None
@@ -277,11 +278,13 @@ class Recorder:
             signals.release(raise_pending=raise_signal)
 
     def abandon(self) -> None:
-        """For a search that stops before it starts (bad input, Ctrl-C): a child that was sent
-        nothing yet is ended at once (it may still be importing MLflow), any other is closed."""
+        """For a search that stops before it starts (bad input, Ctrl-C), without waiting: a child
+        that was sent nothing yet is ended at once (it may still be importing MLflow); any other
+        (opening a store, which must not be cut short) is told to end once it has done so."""
         if self.next_key:
-            with contextlib.suppress(Exception):
-                self.close(raise_signal=False)
+            self.closed = True
+            with contextlib.suppress(OSError, ValueError):
+                self.messages.put(None)
             return
         self.process.kill()
         self.process.join()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # fail within about a minute,
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # not after MLflow's default
@@ -28,9 +28,6 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from mlflow.entities import DatasetInput, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -57,6 +54,11 @@ from automl.runs import (  # noqa: E402, F401 - the record names, re-exported fo
     now_ms,
     run_status_for,
 )
+
+if TYPE_CHECKING:  # not imported here: the search's MLflow process imports this module before torch
+    import numpy as np
+    import pandas as pd
+    import torch
 
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0  # per-epoch metrics reach the store at most this late while a trial runs

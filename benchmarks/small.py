@@ -27,6 +27,8 @@ runs offline. The first batch is seen by wrapping `automl.train.make_loss` in th
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import json
 import os
 import resource
@@ -81,9 +83,31 @@ training: {{batch_size: 256}}
 def note_first_batch(note: Callable[[float], None]) -> None:
     """Call `note(time.time())` at the first training batch of this process: `automl.train.fit`
     looks `make_loss` up in its module at each call, so the loss it makes is wrapped (nothing in
-    the tool is changed for the benchmark)."""
-    import automl.train as train
+    the tool is changed for the benchmark). Where `automl.train` is not imported yet, it is wrapped
+    as it is: importing it here would import torch before the tool does."""
+    if "automl.train" in sys.modules:
+        _wrap_make_loss(sys.modules["automl.train"], note)
+        return
 
+    class WrapOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            if name != "automl.train":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+
+            def run_and_wrap(module: Any) -> None:
+                run(module)
+                _wrap_make_loss(module, note)
+
+            spec.loader.exec_module = run_and_wrap
+            return spec
+
+    sys.meta_path.insert(0, WrapOnImport())
+
+
+def _wrap_make_loss(train: Any, note: Callable[[float], None]) -> None:
     make_loss = train.make_loss
     noted: list[bool] = []
 
