@@ -336,40 +336,55 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
     Ctrl-C / SIGTERM: the running trial is closed, the best model so far is still published, the
     study run is closed KILLED, then the interrupt is raised again. A fatal error closes the study
     run FAILED and is raised."""
-    with _collector_paused():
-        from automl.recorder import Recorder
+    from automl.recorder import Recorder
 
-        # first of all: the process that makes every MLflow call imports MLflow meanwhile
-        mlflow_process = Recorder.fork()
-        try:
-            early = _open_early(mlflow_process, request)
-            from automl import storage
-            from automl.budget import pool
-            from automl.progress import Progress
-            from automl.publish import finalize, log_plots
-            from automl.runs import REASON_TAG
-            from automl.storage import quiet_optuna
+    mlflow_process = None
+    try:
+        with _collector_paused():
+            # first of all: the process that makes every MLflow call imports MLflow meanwhile
+            mlflow_process = Recorder.fork()
+            s = _start(request, say, mlflow_process)
+        return _search(s, say)
+    finally:
+        if mlflow_process is not None:  # a search that stopped before it started (else closed already)
+            mlflow_process.abandon()
 
-            quiet_optuna()
-            s = _prepare(request)
-            s.mlflow_process, s.tracker = mlflow_process, early
-            _setup_threads(request.threads)
-            _open_study(s, say)
-            from automl.plots import PlotJob
-        except BaseException:
-            if mlflow_process is not None:
-                mlflow_process.abandon()
-            raise
+
+def _start(request: SearchRequest, say: Say, mlflow_process: Any) -> _Search:
+    """Check the inputs, load the data, open the study (the MLflow process opens the store meanwhile)."""
+    from automl import plots, progress, publish  # noqa: F401 - what `_search` needs, while the collector waits
+    from automl.storage import quiet_optuna
+
+    early = _open_early(mlflow_process, request)
+    quiet_optuna()
+    s = _prepare(request)
+    s.mlflow_process, s.tracker = mlflow_process, early
+    _setup_threads(request.threads)
+    _open_study(s, say)
+    return s
+
+
+def _search(s: _Search, say: Say) -> SearchResult:
+    """Run the trials and publish the best model; whatever happens, close the study run, the MLflow
+    process and the storage."""
+    from automl import storage
+    from automl.budget import pool
+    from automl.plots import PlotJob
+    from automl.progress import Progress
+    from automl.publish import finalize, log_plots
+
+    request = s.request
     plots: PlotJob | None = None
+    progress: Progress | None = None
     deadline = time.monotonic() + s.timeout if s.timeout else None
-    planned = pool(s.study)  # one reading: trials in all (the budget not queued yet too), those done
-    progress = Progress(planned.n_trials + planned.unopened, planned.n_trials - len(planned.waiting),
-                        s.space.metric, request.quiet)
     stop: BaseException | None = None
     status = "FINISHED"
     best = result = None
     try:
         try:
+            planned = pool(s.study)  # one reading: trials in all (the budget not queued yet too), those done
+            progress = Progress(planned.n_trials + planned.unopened, planned.n_trials - len(planned.waiting),
+                                s.space.metric, request.quiet)
             plots = PlotJob()  # its process imports the plotting libraries while the trials run
             _run_trials(s, progress, deadline)
         except KeyboardInterrupt as e:
@@ -377,7 +392,8 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
         except Exception as e:  # FatalError, or a bug: the study run is closed FAILED all the same
             stop, status = e, "FAILED"
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
         if stop is None or isinstance(stop, KeyboardInterrupt):  # after a failure nothing more is written
             try:
                 with storage.budget_lock(s.storage_url, s.name, "summary"):
@@ -403,20 +419,34 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
                 stop = stop or FatalError(f"publishing the best model failed: {type(e).__name__}: {e}")
                 status = "FAILED" if status == "FINISHED" else status
     finally:
-        if plots is not None:
-            plots.cleanup()
+        try:
+            if plots is not None:
+                plots.cleanup()
+        finally:
+            _close(s, stop, status)
+    if stop is not None:
+        raise stop
+    assert result is not None
+    return result
+
+
+def _close(s: _Search, stop: BaseException | None, status: str) -> None:
+    """Close the study run with the search's status, then the MLflow process (once it has written
+    what it was sent and closed the runs left open; a search stopped by a signal waits 30 s at
+    most) and the storage."""
+    from automl.recorder import CLOSE_TIMEOUT_S
+    from automl.runs import REASON_TAG
+
+    try:
         with _closing_errors(stop):
             why = {REASON_TAG: str(stop)[:5000]} if status == "FAILED" and stop is not None else None
             try:
                 s.tracker.set_status(s.handle.parent_run_id, status, why)
             finally:
-                if s.mlflow_process is not None:  # after writing what it was sent, runs left open closed
-                    s.mlflow_process.close(raise_signal=False)
+                if s.mlflow_process is not None:
+                    s.mlflow_process.close(timeout=30 if status == "KILLED" else CLOSE_TIMEOUT_S, raise_signal=False)
+    finally:
         s.storage.engine.dispose()  # SQLite removes its -wal/-shm files with the last connection
-    if stop is not None:
-        raise stop
-    assert result is not None
-    return result
 
 
 @contextlib.contextmanager

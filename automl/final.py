@@ -141,7 +141,7 @@ def run_final(study: optuna.Study, space: SearchSpace, data: Dataset, tracker: T
 
     With `processes` (count > 1) the (trial, seed) jobs run in up to that many processes at once
     (`data`, which may stay on the CPU, only checks theirs); otherwise here, on `data`'s device."""
-    from automl.tracking import FINAL_WEIGHTS_DIR
+    from automl.runs import FINAL_WEIGHTS_DIR
 
     top_k, seeds = space.final_top_k, space.final_seeds
     top = top_trials(study, top_k)

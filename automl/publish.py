@@ -3,11 +3,9 @@ on the test split, the MLflow model, its registered version and the champion ali
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,11 +164,9 @@ def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optun
         else:
             tracker.log_folder(handle.parent_run_id, weights, BEST_DIR)
             example = data.to("cpu").test.x[:4].float().numpy()
-            with _mlflow_lines_hidden():  # MLflow's own "Successfully registered ..." lines: ours say it
-                model_uri, version = tracker.log_model(
-                    handle.parent_run_id, model, example, handle.name, version_tags, weights=weights,
-                    trained_by=version_tags["trial_run_id"] or None, description=description,
-                    params=best.params)
+            model_uri, version = tracker.log_model(
+                handle.parent_run_id, model, example, handle.name, version_tags, weights=weights,
+                trained_by=version_tags["trial_run_id"] or None, description=description, params=best.params)
     crown = _crown(handle, tracker, version, test_metric, test[test_metric], say)
     summary_metrics.update(test)
     tracker.log_summary(
@@ -180,12 +176,6 @@ def _log_best(handle: StudyHandle, tracker: Tracker, data: Dataset, study: optun
         table, model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
     )
     return BestModel(best.number, value, test, model_uri, version, crown, model)
-
-
-@contextlib.contextmanager
-def _mlflow_lines_hidden() -> Iterator[None]:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 def _crown(handle: StudyHandle, tracker: Tracker, version: str, test_metric: str, score: float,

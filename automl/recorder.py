@@ -20,7 +20,8 @@ recorded inline.
 
 `Recorder.fork` makes the child before the search imports torch or MLflow: the child imports
 MLflow while the search imports torch and loads its data, opens the tracking store while the search
-opens Optuna's (`RemoteTracker`), and once idle imports what logging the best model needs.
+opens Optuna's (`RemoteTracker`), and then, in a thread, imports what logging the best model
+needs (torch and torch.export's tracing: seconds, on the other core, while the trials run).
 A `RemoteTracker` is the search's `Tracker`: each call is sent to the child, which makes it with
 its own `Tracker`, and waits for the answer (the value, or the error, raised here); the trials'
 records go down the same queue, so everything is written in the order it was made. A call whose
@@ -36,6 +37,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -50,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automl.checks import mask_url
+from automl.checks import mask_text, mask_url
 from automl.errors import AutomlError
 from automl.runs import REASON_TAG, RunRecords, TrackingError, downloaded, now_ms
 from automl.signals import SignalHold
@@ -81,10 +83,12 @@ def fork_is_safe() -> bool:
 
 
 class Recorder:
-    """Opens trial runs written by a child process (`Recorder.start`); same `start_trial` as a
-    `Tracker`. The child's replies are read by a thread of their own, which signals never
-    interrupt (a reply half-read when Ctrl-C strikes would be lost) and which notices the
-    child's death."""
+    """The MLflow child process, as the process that forked it sees it: it opens trial runs the
+    child writes (`start_trial`, as a `Tracker` has), and, for a `RemoteTracker`, opens stores and
+    makes calls there (`open`, `call`, `record`). `start` forks one that writes with a given
+    tracker; `fork` one that opens the store it is sent. The child's replies are read by a thread
+    of their own, which signals never interrupt (a reply half-read when Ctrl-C strikes would be
+    lost) and which notices the child's death."""
 
     def __init__(self, uri: str | None, process: Any, messages: Any, replies: Any, torch_free: bool = False) -> None:
         self.uri = uri  # the tracking store (the last one opened, for `fork`)
@@ -101,6 +105,7 @@ class Recorder:
         self.error: str | None = None  # the child's first failure
         self.acknowledged = -1  # the last flush the child has answered
         self.next_key = 0
+        self.written = False  # whether anything but a store to open was sent
         self.closed = False
         self.reader = threading.Thread(target=self._read, daemon=True, name=SAFE_THREADS[0])
         self.reader.start()
@@ -125,20 +130,19 @@ class Recorder:
             logger.info("MLflow written in this process: other threads are running")
             return None
         context = multiprocessing.get_context("fork")
-        messages, replies = context.Queue(), context.Queue()  # a feeder thread: `put` never blocks
         warm_up = WARM_UP if torch_free else ()
-        process = context.Process(target=_serve, args=(tracker, messages, replies, os.getpid(), warm_up),
-                                  daemon=True, name="automl-recorder")
         try:
+            messages, replies = context.Queue(), context.Queue()  # a feeder thread: `put` never blocks
+            process = context.Process(target=_serve, args=(tracker, messages, replies, os.getpid(), warm_up),
+                                      daemon=True, name="automl-recorder")
             process.start()
-        except (OSError, AssertionError, ValueError) as e:  # e.g. inside a daemonic process
+        except (OSError, AssertionError, ValueError) as e:  # inside a daemonic process, no /dev/shm
             logger.info("MLflow written in this process: %s", e)
             return None
         return cls(uri, process, messages, replies, torch_free)
 
     def _failure(self, what: str) -> str:
-        where = f" ({mask_url(self.uri)})" if self.uri else ""
-        return f"MLflow tracking{where} failed: the recording process {what}"
+        return f"{_failing(self.uri)} the recording process {what}"
 
     def _read(self) -> None:
         """The reply thread: record each reply until the end marker `close` sends; a child that
@@ -147,30 +151,37 @@ class Recorder:
             try:
                 reply = self.replies.get(timeout=1.0)
             except queue.Empty:
-                if not self.process.is_alive():  # nothing left to read
-                    with self.state:
-                        self.error = self.error or self._failure(
-                            f"ended unexpectedly (exit code {self.process.exitcode})")
-                        self.state.notify_all()
-                    return
-                continue
+                if self.process.is_alive():
+                    continue
+                with contextlib.suppress(Exception):  # what it sent just before it ended (Empty ends it)
+                    while self._take(self.replies.get(timeout=0.1)):
+                        pass
+                with self.state:
+                    self.error = self.error or self._failure(f"ended unexpectedly (exit code {self.process.exitcode})")
+                    self.state.notify_all()
+                return
             except Exception:  # noqa: BLE001 - a torn pipe ends the replies like the end marker
                 reply = None
-            with self.state:
-                if reply is None:
-                    self.state.notify_all()
-                    return
-                kind, key, value = reply
-                if kind == "started":
-                    self.run_ids[key] = value
-                elif kind == "flushed":
-                    self.acknowledged = max(self.acknowledged, key)
-                elif kind == "error":
-                    self.failed.setdefault(key, value)
-                    self.error = self.error or value
-                else:  # a call's answer: "returned", "raised" or "unreadable"
-                    self.answers[key] = (kind, value)
-                self.state.notify_all()
+            if not self._take(reply):
+                return
+
+    def _take(self, reply: tuple[str, int, Any] | None) -> bool:
+        """Record one reply; False for the end marker."""
+        with self.state:
+            self.state.notify_all()
+            if reply is None:
+                return False
+            kind, key, value = reply
+            if kind == "started":
+                self.run_ids[key] = value
+            elif kind == "flushed":
+                self.acknowledged = max(self.acknowledged, key)
+            elif kind == "error":
+                self.failed.setdefault(key, value)
+                self.error = self.error or value
+            else:  # a call's answer: "returned", "raised" or "unreadable"
+                self.answers[key] = (kind, value)
+        return True
 
     # --- the training process's side ------------------------------------------------------------
 
@@ -207,8 +218,9 @@ class Recorder:
         self.send("record", self._key(), payload, check=False)
 
     def answer(self, key: int) -> Any:
-        """Wait for the answer of call `key`: its value, or its error raised."""
-        self._wait(lambda: key in self.answers, CLOSE_TIMEOUT_S)
+        """Wait for the answer of call `key` (as long as the child lives: logging a large model to
+        a slow server may take long): its value, or its error raised."""
+        self._wait(lambda: key in self.answers, None)
         with self.state:
             kind, value = self.answers.pop(key)
         if kind == "unreadable":
@@ -224,6 +236,7 @@ class Recorder:
         if self.closed:
             self.check()
             raise TrackingError(self._failure("is closed"))
+        self.written = self.written or op != "open"
         self.messages.put((op, key, args))
         if check:
             self.check()
@@ -233,9 +246,10 @@ class Recorder:
         if self.error is not None:
             raise TrackingError(self.error)
 
-    def _wait(self, done: Callable[[], bool], timeout: float) -> None:
-        """Wait until `done()`, the child's death or `timeout`; False `done()` then raises."""
-        deadline = time.monotonic() + timeout
+    def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Wait until `done()`, the child's death or `timeout` (None: none); False `done()` then
+        raises."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         with self.state:
             while not done():
                 if not self.process.is_alive() and self.error is not None:
@@ -279,9 +293,12 @@ class Recorder:
 
     def abandon(self) -> None:
         """For a search that stops before it starts (bad input, Ctrl-C), without waiting: a child
-        that was sent nothing yet is ended at once (it may still be importing MLflow); any other
-        (opening a store, which must not be cut short) is told to end once it has done so."""
-        if self.next_key:
+        that was sent at most a store to open is ended at once (it may still be importing MLflow;
+        an SQLite store commits whole transactions or none); any other is told to end once it has
+        written what it was sent. Nothing where it was closed already."""
+        if self.closed:
+            return
+        if self.written:
             self.closed = True
             with contextlib.suppress(OSError, ValueError):
                 self.messages.put(None)
@@ -355,22 +372,31 @@ class Unreadable(Exception):
 
 
 class RemoteTracker:
-    """The search's `Tracker`, whose calls a child forked by `Recorder.fork` makes: each waits for
-    its answer, except `log_best_so_far`, which is only queued. A call whose arguments cannot be
-    sent or read runs in this process, with a `Tracker` made for it."""
+    """The search's `Tracker`, whose calls a child forked by `Recorder.fork` makes: each of `CALLS`
+    waits for its answer, except `log_best_so_far`, which is only queued. A call is made in this
+    process instead, with a `Tracker` made for it, when its arguments cannot be sent or read,
+    when it runs torch in a child that must not (`Recorder.torch_free`), and once the child has
+    died (so the study run is still closed)."""
 
+    CALLS = frozenset({
+        "artifact_location", "champion", "delete_tag", "download", "experiment_id", "find_experiment",
+        "find_trial_run", "find_version", "log_best_so_far", "log_data", "log_folder", "log_metrics",
+        "log_model", "log_summary", "metrics", "run_state", "running_trial_runs", "set_champion",
+        "set_status", "set_tags", "start_study_run", "study_runs", "tags", "trial_runs"})
     QUEUED = frozenset({"log_best_so_far"})
-    RUNS_TORCH = frozenset({"log_model"})  # made here unless the child was forked before torch came
+    RUNS_TORCH = frozenset({"log_model"})
 
     def __init__(self, recorder: Recorder, uri: str) -> None:
         self.recorder = recorder
         self.uri = uri
-        self._opened = recorder.open(uri)  # the child opens the store meanwhile
+        self._opened: int | None = recorder.open(uri)  # the child opens the store meanwhile
         self._here: Tracker | None = None
 
     def ready(self) -> None:
         """Wait until the store is open; raise why it could not be opened."""
-        self.recorder.answer(self._opened)
+        if self._opened is not None:
+            self.recorder.answer(self._opened)
+            self._opened = None
 
     def start_trial(self, experiment_id: str, parent_run_id: str, study_name: str, number: int) -> RunRecords:
         return self.recorder.start_trial(experiment_id, parent_run_id, study_name, number)
@@ -380,11 +406,11 @@ class RemoteTracker:
         return downloaded(self, run_id, path)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
+        if name not in self.CALLS:
             raise AttributeError(name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            if name in self.RUNS_TORCH and not self.recorder.torch_free:
+            if not self.recorder.process.is_alive() or (name in self.RUNS_TORCH and not self.recorder.torch_free):
                 return self._call_here(name, args, kwargs)
             try:
                 payload = pickle.dumps((name, args, kwargs))
@@ -400,9 +426,11 @@ class RemoteTracker:
         return call
 
     def _call_here(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
-        if self._here is None:
-            from automl.tracking import Tracker
+        from automl.tracking import Tracker
 
+        if self.recorder.process.is_alive():  # what was sent before is written first
+            self.recorder.flush()
+        if self._here is None:
             self._here = Tracker(self.uri)
         return getattr(self._here, name)(*args, **kwargs)
 
@@ -415,8 +443,8 @@ _inherited: list[Any] = []  # the parent's connection pools, kept so that none i
 
 def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, warm_up: tuple[str, ...] = ()) -> None:
     """The recording child: write each record in order until closed or the parent is gone. Without
-    a `tracker` (`Recorder.fork`) it imports MLflow now and opens the store it is sent. It imports
-    the `warm_up` modules while idle once a trial has ended (not while the search waits for it)."""
+    a `tracker` (`Recorder.fork`) it imports MLflow now and opens the store it is sent; once one
+    is open, a thread imports the `warm_up` modules (the main thread answers meanwhile)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the whole group: the
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # training process stops, then closes us
     gc.enable()  # the parent may have forked while its collector was paused
@@ -426,23 +454,18 @@ def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, wa
         from automl import tracking
 
         _inherited.extend(tracking.detach_engines())  # a user's own MLflow stores in the parent
-    to_import = list(warm_up)
-    trial_ended = False
     opened: bytes | None = None  # why the store could not be opened (pickled), once it was tried
     runs: dict[int, Any] = {}
     failed: set[int] = set()  # runs with a failed record: only their closing is still tried
     while True:
         try:
-            message = messages.get(timeout=0.05 if to_import and trial_ended else 1.0)
+            message = messages.get(timeout=1.0)
         except queue.Empty:
             if os.getppid() != parent:  # killed: what it sent is written, and the open runs'
                 for run in runs.values():  # buffered metrics; a resume's sweep closes those runs
                     with contextlib.suppress(Exception):
                         run.flush()
                 return
-            if to_import and trial_ended:
-                with contextlib.suppress(Exception):
-                    importlib.import_module(to_import.pop(0))
             continue
         except Exception as e:  # noqa: BLE001 - a torn or garbled pipe: say so, and stop
             replies.put(("error", -1, f"{_failing(_uri(tracker))} the recording process could not read a "
@@ -452,10 +475,12 @@ def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, wa
             _end_left_open(runs, replies, tracker)
             return
         op, key, args = message
-        trial_ended = trial_ended or op == "end"
         if op == "open":
             tracker, opened = _open(args[0])
             replies.put(("returned", key, pickle.dumps(None)) if opened is None else ("raised", key, opened))
+            if tracker is not None and warm_up:
+                threading.Thread(target=_import, args=(warm_up,), daemon=True, name="automl-warm-up").start()
+                warm_up = ()
             continue
         if op in ("call", "record"):
             _answer(tracker, opened, op, key, args[0], replies)
@@ -471,6 +496,12 @@ def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, wa
         except Exception as e:  # a bug here must still stop the search with a line, not hang it
             failed.add(key)
             replies.put(("error", key, _message(e, _uri(tracker))))
+
+
+def _import(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        with contextlib.suppress(Exception):  # only an import done early: the call that needs it says what fails
+            importlib.import_module(name)
 
 
 def _not_open(opened: bytes | None) -> Exception:
@@ -530,9 +561,12 @@ def _failing(uri: str | None) -> str:
 
 
 def _message(error: Exception, uri: str | None) -> str:
+    """A failure in one line, the password of `uri` masked; a bug's traceback is logged here."""
     if isinstance(error, AutomlError):
         return str(error)
-    return f"{_failing(uri)} {type(error).__name__}: {error}"
+    logger.debug("in the MLflow process", exc_info=error)
+    text = f"{_failing(uri)} {type(error).__name__}: {error}"
+    return mask_text(text, uri) if uri else text
 
 
 def _uri(tracker: Tracker | None) -> str | None:

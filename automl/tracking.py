@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import sys
@@ -450,30 +451,31 @@ class Tracker:
         """
         from automl.serving import FORMAT_KEY, log_served_model
 
-        run = self.client.get_run(run_id)
-        # created here so that it belongs to the study's experiment (MLflow would put it in the
-        # active one: Default), with the study's settings and the winning trial's params
-        logged = self.client.create_logged_model(
-            run.info.experiment_id, name="model", source_run_id=run_id, tags=self.system_tags(),
-            params={**run.data.params, **{k: str(v)[:MAX_PARAM_LENGTH] for k, v in (params or {}).items()}})
-        with tempfile.TemporaryDirectory() as tmp:
-            if weights is None:
-                weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
-            with self._fluent_uris(), _no_requirement_check():
-                model_uri, model_format = log_served_model(run_id, model, weights, example, logged.model_id)
-        self.client.set_tag(run_id, FORMAT_KEY, model_format)
-        model_id = logged.model_id
-        try:
-            self.client.create_registered_model(study_name, description=f"Best networks of the automl study "
-                                                                       f"{study_name!r}; @champion is the best.")
-        except MlflowException as e:
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        with self._fluent_uris():  # the registry store looks the logged model up through MLflow's globals
-            version = self.client.create_model_version(
-                study_name, model_uri, run_id=trained_by or run_id, tags=version_tags,
-                description=description or None, model_id=model_id)
-        return model_uri, str(version.version)
+        with _lines_hidden():  # MLflow's own "Successfully registered ..." lines: the search's say it
+            run = self.client.get_run(run_id)
+            # created here so that it belongs to the study's experiment (MLflow would put it in the
+            # active one: Default), with the study's settings and the winning trial's params
+            logged = self.client.create_logged_model(
+                run.info.experiment_id, name="model", source_run_id=run_id, tags=self.system_tags(),
+                params={**run.data.params, **{k: str(v)[:MAX_PARAM_LENGTH] for k, v in (params or {}).items()}})
+            with tempfile.TemporaryDirectory() as tmp:
+                if weights is None:
+                    weights = Path(self.client.download_artifacts(run_id, BEST_DIR, tmp))
+                with self._fluent_uris(), _no_requirement_check():
+                    model_uri, model_format = log_served_model(run_id, model, weights, example, logged.model_id)
+            self.client.set_tag(run_id, FORMAT_KEY, model_format)
+            model_id = logged.model_id
+            try:
+                self.client.create_registered_model(study_name, description=f"Best networks of the automl study "
+                                                                           f"{study_name!r}; @champion is the best.")
+            except MlflowException as e:
+                if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                    raise
+            with self._fluent_uris():  # the registry store looks the logged model up through MLflow's globals
+                version = self.client.create_model_version(
+                    study_name, model_uri, run_id=trained_by or run_id, tags=version_tags,
+                    description=description or None, model_id=model_id)
+            return model_uri, str(version.version)
 
     @contextlib.contextmanager
     def _fluent_uris(self) -> Iterator[None]:
@@ -550,6 +552,12 @@ def detach_engines() -> list[Any]:
 
 def _registered(version: Any) -> RegisteredVersion:
     return RegisteredVersion(str(version.version), str(version.source), dict(version.tags))
+
+
+@contextlib.contextmanager
+def _lines_hidden() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager

@@ -290,12 +290,49 @@ def test_a_store_the_child_cannot_open_is_named_when_the_search_waits_for_it(tmp
         forked.close()
 
 
-def test_a_child_sent_nothing_yet_is_ended_at_once() -> None:
-    """A search stopped by bad input does not wait for its MLflow process to finish importing."""
+def test_a_child_sent_nothing_but_a_store_to_open_is_ended_at_once(tmp_path: Path, mlflow_template: Path) -> None:
+    """A search stopped by bad input does not wait for its MLflow process to finish importing; one
+    that was sent a write is left to write it and end."""
+    from automl.recorder import RemoteTracker
+
+    stores = make_stores(tmp_path, mlflow_template)
+    for write in (False, True):
+        forked = Recorder.fork()
+        assert forked is not None
+        tracker = RemoteTracker(forked, stores.tracking_uri)
+        if write:
+            tracker.log_best_so_far("no-such-run", "val_accuracy", 0.5, 0)  # queued, not waited for
+        forked.abandon()
+        forked.process.join(60)
+        assert forked.process.exitcode == (0 if write else -signal.SIGKILL)
+        forked.abandon()  # again: nothing
+
+
+def test_once_the_child_is_gone_the_calls_are_made_here(tmp_path: Path, mlflow_template: Path) -> None:
+    """So the study run is still closed when the MLflow process died (killed, out of memory)."""
+    from automl.recorder import RemoteTracker
+
+    stores = make_stores(tmp_path, mlflow_template)
     forked = Recorder.fork()
     assert forked is not None
-    forked.abandon()
-    assert not forked.process.is_alive() and forked.process.exitcode == -signal.SIGKILL
+    tracker = RemoteTracker(forked, stores.tracking_uri)
+    parent = tracker.start_study_run(tracker.experiment_id("gone"), "gone", {}, "space: text")
+    os.kill(forked.process.pid, signal.SIGKILL)
+    forked.process.join(30)
+    tracker.set_status(parent, "FAILED", {"automl.fail_reason": "the MLflow process died"})
+    with pytest.raises(TrackingError, match="the recording process ended unexpectedly"):
+        forked.close()
+    written = stores.client().get_run(parent)
+    assert written.info.status == "FAILED" and written.data.tags["automl.fail_reason"] == "the MLflow process died"
+
+
+def test_a_remote_tracker_offers_tracker_methods_only() -> None:
+    from automl.recorder import RemoteTracker
+
+    assert all(callable(getattr(Tracker, name, None)) for name in RemoteTracker.CALLS)
+    assert RemoteTracker.QUEUED | RemoteTracker.RUNS_TORCH <= RemoteTracker.CALLS
+    with pytest.raises(AttributeError):
+        RemoteTracker.__getattr__(object.__new__(RemoteTracker), "client")
 
 
 def test_a_search_process_never_imports_mlflow(tmp_path: Path, mlflow_template: Path) -> None:
