@@ -352,10 +352,10 @@ def run_search(request: SearchRequest, say: Say = _print) -> SearchResult:
 
 def _start(request: SearchRequest, say: Say, mlflow_process: Any) -> _Search:
     """Check the inputs, load the data, open the study (the MLflow process opens the store meanwhile)."""
+    early = _open_early(mlflow_process, request)  # first: the store opens while the rest is imported
     from automl import plots, progress, publish  # noqa: F401 - what `_search` needs, while the collector waits
     from automl.storage import quiet_optuna
 
-    early = _open_early(mlflow_process, request)
     quiet_optuna()
     s = _prepare(request)
     s.mlflow_process, s.tracker = mlflow_process, early

@@ -20,8 +20,8 @@ recorded inline.
 
 `Recorder.fork` makes the child before the search imports torch or MLflow: the child imports
 MLflow while the search imports torch and loads its data, opens the tracking store while the search
-opens Optuna's (`RemoteTracker`), and then, in a thread, imports what logging the best model
-needs (torch and torch.export's tracing: seconds, on the other core, while the trials run).
+opens Optuna's (`RemoteTracker`), and once the first trial has ended, in a thread, imports what
+logging the best model needs (torch and torch.export's tracing: seconds, on another core).
 A `RemoteTracker` is the search's `Tracker`: each call is sent to the child, which makes it with
 its own `Tracker`, and waits for the answer (the value, or the error, raised here); the trials'
 records go down the same queue, so everything is written in the order it was made. A call whose
@@ -443,8 +443,9 @@ _inherited: list[Any] = []  # the parent's connection pools, kept so that none i
 
 def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, warm_up: tuple[str, ...] = ()) -> None:
     """The recording child: write each record in order until closed or the parent is gone. Without
-    a `tracker` (`Recorder.fork`) it imports MLflow now and opens the store it is sent; once one
-    is open, a thread imports the `warm_up` modules (the main thread answers meanwhile)."""
+    a `tracker` (`Recorder.fork`) it imports MLflow now and opens the store it is sent. Once the
+    first trial has ended, a thread imports the `warm_up` modules (the main thread answers
+    meanwhile): not sooner, where it would slow the search's start on a small machine."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the whole group: the
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # training process stops, then closes us
     gc.enable()  # the parent may have forked while its collector was paused
@@ -478,10 +479,10 @@ def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, wa
         if op == "open":
             tracker, opened = _open(args[0])
             replies.put(("returned", key, pickle.dumps(None)) if opened is None else ("raised", key, opened))
-            if tracker is not None and warm_up:
-                threading.Thread(target=_import, args=(warm_up,), daemon=True, name="automl-warm-up").start()
-                warm_up = ()
             continue
+        if op == "end" and warm_up:
+            threading.Thread(target=_import, args=(warm_up,), daemon=True, name="automl-warm-up").start()
+            warm_up = ()
         if op in ("call", "record"):
             _answer(tracker, opened, op, key, args[0], replies)
             continue
