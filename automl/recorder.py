@@ -491,9 +491,12 @@ def _serve(tracker: Tracker | None, messages: Any, replies: Any, parent: int, wa
                 shutil.rmtree(args[0].parent, ignore_errors=True)
             continue
         try:
-            if tracker is None and op != "flush":  # the store could not be opened: no run can be written
+            if op == "flush":  # every record sent before it is written
+                replies.put(("flushed", key, None))
+            elif tracker is None:  # the store could not be opened: no run can be written
                 raise _not_open(opened)
-            _apply(tracker, runs, op, key, args, replies)
+            else:
+                _apply(tracker, runs, op, key, args, replies)
         except Exception as e:  # a bug here must still stop the search with a line, not hang it
             failed.add(key)
             replies.put(("error", key, _message(e, _uri(tracker))))
@@ -585,9 +588,7 @@ def _end_left_open(runs: dict[int, Any], replies: Any, tracker: Tracker | None) 
 
 def _apply(tracker: Tracker, runs: dict[int, Any], op: str, key: int, args: tuple, replies: Any) -> None:
     """One record, written with the inline `TrialRun` (its batching included)."""
-    if op == "flush":  # every record sent before it is written
-        replies.put(("flushed", key, None))
-    elif op == "start":
+    if op == "start":
         runs[key] = tracker.start_trial(*args)
         replies.put(("started", key, runs[key].run_id))
     elif key not in runs:  # its run could not be created (reported; `_serve` skips its records): its end

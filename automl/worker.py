@@ -441,8 +441,9 @@ def run_worker(
             with contextlib.suppress(TrackingError):  # the error on its way says more
                 recorder.close(raise_signal=False)
         raise
-    if shared:  # every run written before the search goes on (best model, summary)
-        recorder.flush()
-    elif recorder is not None:
-        recorder.close()
+    if recorder is not None:  # every run written before the search goes on (best model, summary)
+        if shared:
+            recorder.flush()
+        else:
+            recorder.close()
     return done
