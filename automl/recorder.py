@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 600  # the longest `close` waits for the child to write what it was sent
 LEFT_OPEN = "the search ended before this run was closed"  # the reason on a run `close` ends
-# what logging the best model imports, imported by a forked child once it is idle
+# what logging the best model imports: imported by `fork`'s child, in a thread, once a trial has ended
 WARM_UP = ("mlflow.pytorch", "torch.export._trace", "automl.serving")
 
 
@@ -114,16 +114,16 @@ class Recorder:
     def start(cls, tracker: Tracker) -> Recorder | None:
         """Fork the recording child, which writes with (a copy of) `tracker`; None where it cannot
         be made or forking is not safe (record inline then)."""
-        return cls._launch(tracker, tracker.uri)
+        return cls._launch(tracker)
 
     @classmethod
     def fork(cls) -> Recorder | None:
         """Fork the child before this process imports MLflow (for a `RemoteTracker`); it imports
         MLflow at once. None where it cannot be made or forking is not safe."""
-        return cls._launch(None, None, torch_free="torch" not in sys.modules)
+        return cls._launch(None, torch_free="torch" not in sys.modules)
 
     @classmethod
-    def _launch(cls, tracker: Tracker | None, uri: str | None, torch_free: bool = False) -> Recorder | None:
+    def _launch(cls, tracker: Tracker | None, torch_free: bool = False) -> Recorder | None:
         if "fork" not in multiprocessing.get_all_start_methods():
             return None
         if not fork_is_safe():
@@ -139,7 +139,7 @@ class Recorder:
         except (OSError, AssertionError, ValueError) as e:  # inside a daemonic process, no /dev/shm
             logger.info("MLflow written in this process: %s", e)
             return None
-        return cls(uri, process, messages, replies, torch_free)
+        return cls(_uri(tracker), process, messages, replies, torch_free)
 
     def _failure(self, what: str) -> str:
         return f"{_failing(self.uri)} the recording process {what}"

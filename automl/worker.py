@@ -411,8 +411,8 @@ def run_worker(
     study = handle.load()
     gc.collect()
     gc.freeze()  # libraries and data stay; collections then only scan new objects
-    shared = isinstance(tracker, RemoteTracker)  # its child records the trials as well
     recorder: Recorder | None = tracker.recorder if isinstance(tracker, RemoteTracker) else None
+    shared = recorder is not None  # the RemoteTracker's child records the trials as well
     stale_checked = -math.inf
     try:
         if recorder is None and record_in_child:
