@@ -18,7 +18,8 @@ import optuna
 import psutil
 import pytest
 
-from automl.recorder import LEFT_OPEN, Recorder, fork_is_safe
+from automl.recorder import Recorder, fork_is_safe
+from automl.recording_child import LEFT_OPEN
 from automl.tracking import STATE_TAG, TRIAL_TAG, Tracker, TrackingError
 from tests.conftest import ROOT, TINY_SPACE, make_stores
 
@@ -118,7 +119,8 @@ def test_a_recording_process_that_dies_is_named_and_never_waited_for(tmp_path: P
 KILLED_PARENT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from automl.recorder import LEFT_OPEN, Recorder, fork_is_safe
+from automl.recorder import Recorder, fork_is_safe
+from automl.recording_child import LEFT_OPEN
 from automl.tracking import Tracker
 tracker = Tracker({uri!r})
 recorder = Recorder.start(tracker)
